@@ -1,0 +1,210 @@
+"""The training job end to end: steps, resume, export, distribution, and its failure modes.
+
+Models here use fc_units=16 and tiny images: what these tests check (the loop, the loss reduction,
+checkpoints, the strategies) does not depend on the fc width, and the full-size net would make
+each step take seconds.
+"""
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fcn8s_tf import records
+from fcn8s_tf import train as train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_records(directory: Path, split: str, num_examples: int, num_shards: int,
+                  size=(40, 48), seed=0) -> str:
+    """Writes `num_examples` random image/label pairs into shards; returns their file pattern."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = [tf.io.TFRecordWriter(str(directory / f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"))
+               for i in range(num_shards)]
+    for n in range(num_examples):
+        h, w = size
+        label = np.zeros((h, w), np.uint8)
+        label[h // 4:3 * h // 4, w // 4:3 * w // 4] = 1 + n % 2
+        label[h // 4, :] = 255  # a void band, as VOC has
+        image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        image[label == 1] = (220, 40, 40)
+        image[label == 2] = (40, 40, 220)
+        jpeg, png = io.BytesIO(), io.BytesIO()
+        Image.fromarray(image).save(jpeg, format="JPEG", quality=95)
+        Image.fromarray(label, mode="L").save(png, format="PNG")
+        writers[n % num_shards].write(records.encode_example(
+            jpeg.getvalue(), png.getvalue(), h, w, f"ex_{n:03d}"))
+    for writer in writers:
+        writer.close()
+    return str(directory / f"{split}-*.tfrecord")
+
+
+def tiny_config(tmp_path: Path, **overrides) -> train_lib.TrainConfig:
+    data = tmp_path / "records"
+    settings = dict(
+        train_data=write_records(data, "train", 8, 2),
+        val_data=write_records(data, "val", 3, 1, size=(37, 29), seed=1),
+        workdir=str(tmp_path / "run"), base_size=32, crop_size=32, num_classes=3,
+        backbone_weights=None, fc_units=16, train_steps=2, batch_size=2, learning_rate=1e-3,
+        log_every=1, checkpoint_every=1, eval_every=2, tb_images=1, shuffle_buffer=8)
+    settings.update(overrides)
+    return train_lib.TrainConfig(**settings)
+
+
+@pytest.mark.slow
+def test_two_steps_export_then_resume(tmp_path):
+    config = tiny_config(tmp_path)
+    result = train_lib.train(config, flags_text="--seed=0\n")
+    assert result["step"] == 2
+    assert np.isfinite(result["loss"])
+    workdir = Path(config.workdir)
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")
+    assert json.loads((workdir / "model_config.json").read_text())["fc_units"] == 16
+    assert (workdir / "flags.txt").read_text() == "--seed=0\n"
+    assert 0.0 <= result["eval"]["mean_iou"] <= 1.0
+    assert json.loads((workdir / "val_metrics.json").read_text())["pixel_accuracy"] >= 0.0
+    assert (Path(result["export"]) / "saved_model.pb").exists()
+    assert Path(result["export"]).name == "1"
+    assert any((workdir / "tensorboard" / "train").iterdir())
+
+    # Same workdir, one more step: resumes from step 2 rather than starting again.
+    config.train_steps = 3
+    resumed = train_lib.train(config)
+    assert resumed["step"] == 3
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-3")
+    assert Path(resumed["export"]).name == "2"
+
+
+def test_masked_cross_entropy_ignores_void():
+    logits = tf.constant([[[[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]]]])  # (1, 1, 3, 2)
+    labels = tf.constant([[[0, 0, 255]]])
+    loss_sum, count = train_lib.masked_cross_entropy(logits, labels)
+    expected = -np.log(np.exp(2) / (np.exp(2) + 1)) - np.log(1 / (1 + np.exp(2)))
+    assert float(count) == 2.0
+    np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
+
+
+def test_missing_records_named(tmp_path):
+    config = tiny_config(tmp_path, train_data=str(tmp_path / "nothing-*.tfrecord"))
+    with pytest.raises(FileNotFoundError, match="nothing-"):
+        train_lib.train(config)
+
+
+def test_nan_loss_stops_with_step(tmp_path, monkeypatch):
+    # Poison the loss from the first step on: the loop must stop at once and name the step.
+    real = train_lib.masked_cross_entropy
+
+    def nan_loss(logits, labels):
+        loss_sum, count = real(logits, labels)
+        return loss_sum * np.nan, count
+
+    monkeypatch.setattr(train_lib, "masked_cross_entropy", nan_loss)
+    config = tiny_config(tmp_path, train_steps=5)
+    with pytest.raises(train_lib.NonFiniteLossError, match="at step 1"):
+        train_lib.train(config)
+    assert tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints")) is None
+
+
+def _run_python(code: str, env=None, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf, keras
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from fcn8s_tf import train as train_lib
+    config = train_lib.TrainConfig(train_data="unused", workdir="unused", num_classes=3,
+        backbone_weights=None, fc_units=16, dropout_rate=0.0, crop_size=24, scale_range=(1.0, 1.0),
+        flip_prob=0.0, batch_size=4, learning_rate=1e-2)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 24, 24, 3)).astype(np.uint8)
+    labels = rng.integers(0, 3, (4, 24, 24, 1)).astype(np.uint8)
+    # Unequal void: the first replica's half is mostly ignored, the second's not at all.
+    labels[:2, :20] = 255
+    divisible_error = ""
+    try:
+        train_lib.train(train_lib.TrainConfig(**{**config.__dict__, "batch_size": 3,
+                                                 "train_steps": 1}),
+                        devices=["/cpu:0", "/cpu:1"])
+    except ValueError as e:
+        divisible_error = str(e)
+    out = {"divisible_error": divisible_error}
+    weights = {}
+    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
+        strategy = train_lib.make_strategy(devices)
+        with strategy.scope():
+            model, optimizer = train_lib.build_model_and_optimizer(config, total_steps=1)
+        initial = model.get_weights()  # same seed, so the same start for both strategies
+        step = train_lib.make_train_step(strategy, model, optimizer, config)
+        dataset = tf.data.Dataset.from_tensors((images, labels))
+        batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+        loss, count = step(batch, tf.constant(0, tf.int64))
+        out[name] = {"loss": float(loss), "count": float(count)}
+        weights[name] = model.get_weights()
+    # Every variable after the update, compared here: the full list is too big to print.
+    out["max_weight_diff"] = max(float(np.max(np.abs(a - b)))
+                                 for a, b in zip(weights["one"], weights["two"]))
+    out["max_update"] = max(float(np.max(np.abs(a - b)))
+                            for a, b in zip(weights["one"], initial))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_mirrored_two_cpus_matches_one_device():
+    proc = _run_python(MIRRORED_SCRIPT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert "does not divide evenly over 2 replicas" in out["divisible_error"]
+    one, two = out["one"], out["two"]
+    assert one["count"] == two["count"] == 4 * 24 * 24 - 2 * 20 * 24
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)
+    assert out["max_update"] > 1e-4  # the step really moved the weights...
+    assert out["max_weight_diff"] < 1e-5  # ...and by the same amount on one and two replicas
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes(tmp_path):
+    config = tiny_config(tmp_path, eval_every=0, tb_images=0)
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        workdir = tmp_path / f"worker{index}"
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        args = [sys.executable, "-m", "fcn8s_tf.train", f"--train_data={config.train_data}",
+                f"--val_data={config.val_data}", f"--workdir={workdir}", "--base_size=32",
+                "--crop_size=32", "--num_classes=3", "--backbone_weights=none", "--fc_units=16",
+                "--train_steps=2", "--batch_size=4", "--log_every=1", "--checkpoint_every=1",
+                "--eval_every=0", "--tb_images=0"]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    assert tf.train.latest_checkpoint(str(chief / "checkpoints")).endswith("ckpt-2")
+    assert (chief / "export" / "1" / "saved_model.pb").exists()
+    assert not (other / "checkpoints").exists()
+    assert not (other / "export").exists()

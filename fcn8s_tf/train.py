@@ -195,6 +195,9 @@ def build_model_and_optimizer(config: TrainConfig, total_steps: int):
             weight_decay=config.weight_decay or None)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # Create the slot variables now, in the strategy's scope: created lazily inside the first
+    # strategy.run they end up in a tf.cond that MirroredStrategy cannot initialise.
+    optimizer.build(model.trainable_variables)
     return model, optimizer
 
 

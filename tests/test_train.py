@@ -147,7 +147,12 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         strategy = train_lib.make_strategy(devices)
         with strategy.scope():
-            model, optimizer = train_lib.build_model_and_optimizer(config, total_steps=1)
+            model, _ = train_lib.build_model_and_optimizer(config, total_steps=1)
+            # Plain SGD: its update is proportional to the gradient, so a wrong cross-replica
+            # reduction (e.g. a mean of per-replica means) shows in the weights; Adam's first
+            # step is ~lr * sign(gradient) and would hide it.
+            optimizer = keras.optimizers.SGD(learning_rate=1.0)
+            optimizer.build(model.trainable_variables)
         initial = model.get_weights()  # same seed, so the same start for both strategies
         step = train_lib.make_train_step(strategy, model, optimizer, config)
         dataset = tf.data.Dataset.from_tensors((images, labels))

@@ -1,0 +1,350 @@
+"""Predict: images in, VOC-palette masks and overlays out, from a SavedModel or from TF Serving.
+
+    python -m fcn8s_tf.predict --model=runs/voc/export --output_dir=out cat.jpg dog.png
+    python -m fcn8s_tf.predict --server=http://localhost:8501/v1/models/fcn8s --output_dir=out \
+        --images='photos/*.jpg'
+
+Both paths use the exported `serving_default` signature: `image_bytes` (JPEG or PNG strings) in;
+`labels` int32 (B, Hmax, Wmax) padded with 255, `height` and `width` int32 (B,) out. Over REST the
+request is `{"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": ...}}]}`
+and TF Serving answers `{"predictions": [{"labels": ..., "height": ..., "width": ...}]}`.
+
+For each image, writes `<stem>_mask.png` (palette PNG, mode "P": pixel values are class ids, the
+VOC palette colours them) and `<stem>_overlay.png` (50% image, 50% mask colour), and prints the
+classes found with their pixel fractions. One image per request: the export guarantees an image's
+labels do not depend on its batch-mates, and a failure then names one file.
+"""
+
+import base64
+import dataclasses
+import glob
+import http.client
+import io
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, colorize
+
+SIGNATURE = "serving_default"
+
+
+class PredictError(Exception):
+    """A failure the user can fix; the message names the file, URL or directory."""
+
+
+# ------------------------------------------------------------------------------ SavedModel dirs --
+def find_saved_model(path: str) -> Optional[str]:
+    """The SavedModel directory at `path`, or None if there is none.
+
+    Accepts a version directory (holding saved_model.pb) or a TF Serving base directory
+    `<base>/<numeric version>/saved_model.pb`, of which the highest version is taken, as TF Serving
+    itself serves by default.
+    """
+    if not tf.io.gfile.isdir(path):
+        return None
+    if tf.saved_model.contains_saved_model(path):
+        return path
+    versions = []
+    for name in tf.io.gfile.listdir(path):
+        name = name.rstrip("/")
+        if name.isdigit() and tf.saved_model.contains_saved_model(os.path.join(path, name)):
+            versions.append(int(name))
+    if versions:
+        return os.path.join(path, str(max(versions)))
+    return None
+
+
+def resolve_saved_model_dir(path: str) -> str:
+    """Like find_saved_model, but raises an error naming `path` when it holds no SavedModel.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: `path` exists but holds no SavedModel in either layout.
+    """
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no such directory")
+    found = find_saved_model(path)
+    if found is None:
+        raise ValueError(f"{path} is not a SavedModel: no saved_model.pb in it nor in a numeric "
+                         "version subdirectory (TF Serving layout <base>/<version>/saved_model.pb)")
+    return found
+
+
+# ------------------------------------------------------------------------------------- images --
+@dataclasses.dataclass
+class InputImage:
+    """An image to segment: its path, the bytes sent to the model, and its RGB pixels."""
+    path: str
+    data: bytes        # JPEG or PNG bytes
+    rgb: np.ndarray    # uint8 (H, W, 3)
+
+
+def read_image(path: str) -> InputImage:
+    """Reads and fully decodes an image with PIL, so that a bad file fails before any request.
+
+    PNGs and RGB or grayscale JPEGs are sent as they are; anything else PIL reads (CMYK JPEG,
+    BMP, GIF, WebP, TIFF ...) is re-encoded as PNG, which the exported graph surely decodes.
+
+    Raises:
+      PredictError: the file is missing or is not a decodable image.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PredictError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a full decode: catches truncated files that open() alone accepts
+            send_as_is = image.format == "PNG" or (image.format == "JPEG"
+                                                   and image.mode in ("RGB", "L"))
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise PredictError(f"{path}: not an image PIL can decode ({e})") from None
+    if not send_as_is:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    return InputImage(path=path, data=data, rgb=rgb)
+
+
+# ------------------------------------------------------------------------------------ backends --
+def _crop(labels: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
+    """The (height, width) top-left window of a padded label map, checked."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] < height or labels.shape[1] < width:
+        raise PredictError(f"{what}: labels of shape {labels.shape} cannot hold an image of "
+                           f"{height}x{width}")
+    return labels[:height, :width].astype(np.int32)
+
+
+class LocalModel:
+    """The `serving_default` signature of a SavedModel loaded in this process."""
+
+    def __init__(self, model_dir: str):
+        try:
+            self.export_dir = resolve_saved_model_dir(model_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise PredictError(str(e)) from None
+        try:
+            self._loaded = tf.saved_model.load(self.export_dir)  # keeps the variables alive
+        except Exception as e:  # corrupt protobuf, missing variables ...: name the directory
+            raise PredictError(f"{self.export_dir}: cannot load the SavedModel "
+                               f"({type(e).__name__}: {str(e)[:300]})") from None
+        if SIGNATURE not in self._loaded.signatures:
+            raise PredictError(f"{self.export_dir}: no {SIGNATURE!r} signature (has "
+                               f"{sorted(self._loaded.signatures)})")
+        self._signature = self._loaded.signatures[SIGNATURE]
+        inputs = self._signature.structured_input_signature[1]
+        if "image_bytes" not in inputs:
+            raise PredictError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
+                               "not 'image_bytes'")
+        self.name = self.export_dir
+
+    def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
+        """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
+        try:
+            outputs = self._signature(image_bytes=tf.constant([data]))
+        except tf.errors.OpError as e:
+            raise PredictError(f"the SavedModel {self.export_dir} failed: {e.message}") from None
+        return (outputs["labels"][0].numpy(), int(outputs["height"][0]),
+                int(outputs["width"][0]))
+
+
+class RestModel:
+    """`serving_default` of a model served by TF Serving, over its REST API."""
+
+    def __init__(self, server: str, timeout: float = 60.0):
+        server = server.rstrip("/")
+        if not server.startswith(("http://", "https://")):
+            raise PredictError(f"--server={server}: expected a URL like "
+                               "http://host:8501/v1/models/fcn8s")
+        self.url = server if server.endswith(":predict") else server + ":predict"
+        self.timeout = timeout
+        self.name = self.url
+
+    def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
+        """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
+        body = json.dumps({
+            "signature_name": SIGNATURE,
+            "instances": [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}}],
+        }).encode()
+        request = urllib.request.Request(self.url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail).get("error", detail)
+            except (ValueError, AttributeError):
+                pass
+            raise PredictError(f"TF Serving at {self.url} answered HTTP {e.code}: "
+                               f"{str(detail)[:500]}") from None
+        except urllib.error.URLError as e:
+            raise PredictError(f"TF Serving at {self.url} did not answer: {e.reason}") from None
+        except (socket.timeout, TimeoutError):
+            raise PredictError(f"TF Serving at {self.url} did not answer within "
+                               f"{self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as e:  # reset, closed mid-answer ...
+            raise PredictError(f"TF Serving at {self.url}: the connection failed ({e!r})") from None
+        except ValueError as e:
+            raise PredictError(f"TF Serving at {self.url} sent a response that is not JSON "
+                               f"({e})") from None
+        try:
+            prediction = answer["predictions"][0]
+            labels = np.asarray(prediction["labels"], dtype=np.int32)
+            return labels, int(prediction["height"]), int(prediction["width"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise PredictError(f"TF Serving at {self.url}: unexpected response (want "
+                               "{'predictions': [{'labels', 'height', 'width'}]}): "
+                               f"{str(answer)[:300]}") from None
+
+
+# ------------------------------------------------------------------------------------- outputs --
+def write_mask_png(labels: np.ndarray, path: str) -> None:
+    """Writes a (H, W) label map as a palette PNG: values are class ids, colours the VOC palette."""
+    image = Image.fromarray(np.asarray(labels, dtype=np.uint8))  # mode "L"
+    image.putpalette(VOC_PALETTE.reshape(-1).tolist())           # -> mode "P"
+    image.save(path, format="PNG")
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blends the colourised labels into the image; IGNORE_LABEL pixels keep the image as is.
+
+    Args:
+      rgb: uint8 (H, W, 3).
+      labels: (H, W) class ids.
+      alpha: weight of the mask colour.
+    Returns:
+      uint8 (H, W, 3).
+    """
+    colour = colorize(labels).astype(np.float32)
+    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
+    blend = np.clip(np.round(blend), 0, 255).astype(np.uint8)
+    return np.where((np.asarray(labels) != IGNORE_LABEL)[..., None], blend, rgb)
+
+
+def class_fractions(labels: np.ndarray,
+                    class_names: Sequence[str] = VOC_CLASSES) -> List[Tuple[str, float]]:
+    """(class name, fraction of the pixels) for each class present, largest first."""
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    total = counts.sum()
+    found = [(class_names[i] if 0 <= i < len(class_names) else f"class_{i}", c / total)
+             for i, c in zip(ids.tolist(), counts.tolist())]
+    return sorted(found, key=lambda item: -item[1])
+
+
+def _unique_stem(path: str, used: Dict[str, int]) -> str:
+    """The file's stem, with _1, _2 ... appended when two inputs share one."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    count = used.get(stem, 0)
+    used[stem] = count + 1
+    return stem if count == 0 else f"{stem}_{count}"
+
+
+def predict_files(model, paths: Sequence[str], output_dir: str,
+                  class_names: Sequence[str] = VOC_CLASSES, print_fn=print) -> List[Dict]:
+    """Segments each image and writes its mask and overlay PNGs.
+
+    Every file is decoded first, so a bad one stops the run before any request is sent.
+
+    Args:
+      model: a LocalModel or RestModel (anything with predict(bytes) -> (labels, height, width)).
+      paths: image files (JPEG, PNG, or anything PIL reads).
+      output_dir: created if missing.
+      class_names: names for the printed summary.
+      print_fn: where the per-image lines go.
+    Returns:
+      One dict per image: path, mask, overlay (written paths), labels ((H, W) int32), classes
+      ([(name, fraction)]).
+    Raises:
+      PredictError: a file that is not an image, a server that does not answer, a bad answer.
+    """
+    images = [read_image(path) for path in paths]
+    os.makedirs(output_dir, exist_ok=True)
+    used: Dict[str, int] = {}
+    results = []
+    for image in images:
+        height, width = image.rgb.shape[:2]
+        try:
+            padded, out_h, out_w = model.predict(image.data)
+        except PredictError as e:
+            raise PredictError(f"{image.path}: {e}") from None
+        if (out_h, out_w) != (height, width):
+            raise PredictError(f"{image.path}: the model says the image is {out_w}x{out_h}, "
+                               f"PIL says {width}x{height}")
+        labels = _crop(padded, height, width, f"{image.path} via {model.name}")
+        stem = _unique_stem(image.path, used)
+        mask_path = os.path.join(output_dir, f"{stem}_mask.png")
+        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        write_mask_png(labels, mask_path)
+        Image.fromarray(overlay(image.rgb, labels)).save(overlay_path, format="PNG")
+        classes = class_fractions(labels, class_names)
+        print_fn(f"{image.path} ({width}x{height}): "
+                 + ", ".join(f"{name} {100 * fraction:.1f}%" for name, fraction in classes)
+                 + f" -> {mask_path}, {overlay_path}")
+        results.append(dict(path=image.path, mask=mask_path, overlay=overlay_path,
+                            labels=labels, classes=classes))
+    return results
+
+
+def collect_paths(positional: Sequence[str], pattern: Optional[str]) -> List[str]:
+    """Positional paths (which must exist) plus the sorted matches of a glob (which must match)."""
+    paths = list(positional)
+    for path in paths:
+        if not os.path.exists(path):
+            raise PredictError(f"{path}: no such file")
+    if pattern:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise PredictError(f"--images={pattern}: no file matches")
+        paths += matches
+    if not paths:
+        raise PredictError("no images given: pass image paths as arguments or --images=GLOB")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- main --
+def main(argv):
+    FLAGS = flags.FLAGS
+    try:
+        paths = collect_paths(argv[1:], FLAGS.images)
+        if FLAGS.model:
+            model = LocalModel(FLAGS.model)
+        else:
+            model = RestModel(FLAGS.server, timeout=FLAGS.timeout)
+        predict_files(model, paths, FLAGS.output_dir)
+    except PredictError as e:
+        raise SystemExit(f"fcn8s_tf.predict: error: {e}") from None
+    print(f"Masks and overlays of {len(paths)} image(s) in {FLAGS.output_dir}")
+
+
+def define_flags() -> None:
+    """The command-line flags; defined only when run as a program, so importing defines none."""
+    flags.DEFINE_string("model", None, "Local SavedModel: a version dir, or a TF Serving base dir "
+                        "(<base>/<version>/; the highest version is used).")
+    flags.DEFINE_string("server", None, "TF Serving REST endpoint of the model, e.g. "
+                        "http://localhost:8501/v1/models/fcn8s (':predict' is appended).")
+    flags.DEFINE_string("output_dir", None, "Where <stem>_mask.png and <stem>_overlay.png go.",
+                        required=True)
+    flags.DEFINE_string("images", None, "Glob of images, in addition to positional paths.")
+    flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server per image.")
+    flags.register_validator("timeout", lambda value: value > 0, message="--timeout must be > 0")
+    flags.mark_flags_as_mutual_exclusive(["model", "server"], required=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,129 @@
+"""Export round trip: save, reload in a fresh process that cannot import fcn8s_tf, compare.
+
+A narrow model (fc_units=16, 3 classes) keeps this fast; the export code does not depend on size.
+"""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from fcn8s_tf import export
+from fcn8s_tf import model as model_lib
+
+
+def _image_bytes(rng, size, fmt):
+    array = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_fcn8s(num_classes=3, fc_units=16)
+    # Score layers start at zero (as the reference), which would make every answer class 0 and the
+    # comparison vacuous: give them random kernels, scaled up to undo the 0.01 / 0.0001 skip
+    # scales, so the fine pool3 path varies the answer from pixel to pixel.
+    rng = np.random.default_rng(0)
+    for name, gain in (("score_fr", 1.0), ("score_pool4", 1e2), ("score_pool3", 1e4)):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        layer.set_weights([gain * rng.normal(0, 1.0, kernel.shape).astype(np.float32),
+                           np.zeros_like(bias)])
+    base = tmp_path_factory.mktemp("export")
+    path = export.export_saved_model(model, str(base))
+    return model, base, path
+
+
+# Runs in a fresh interpreter in which `import fcn8s_tf` fails: what TF Serving sees.
+RELOAD_SCRIPT = textwrap.dedent("""
+    import base64, json, sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "fcn8s_tf":
+                raise ImportError("fcn8s_tf must not be needed to serve")
+    sys.meta_path.insert(0, Block())
+    import numpy as np, tensorflow as tf
+    request = json.load(sys.stdin)
+    images = [base64.b64decode(b) for b in request["images"]]
+    loaded = tf.saved_model.load(request["path"])
+    serve = loaded.signatures["serving_default"]
+    batch = serve(image_bytes=tf.constant(images))
+    alone = [serve(image_bytes=tf.constant([b])) for b in images]
+    uint8 = [loaded.signatures["serving_uint8"](
+        images=tf.io.decode_image(b, channels=3)[tf.newaxis]) for b in images]
+    probs = loaded.signatures["serving_probabilities"](image_bytes=tf.constant(images))
+    print("RESULT" + json.dumps({
+        "signatures": sorted(loaded.signatures.keys()),
+        "batch_labels": batch["labels"].numpy().tolist(),
+        "height": batch["height"].numpy().tolist(), "width": batch["width"].numpy().tolist(),
+        "alone": [a["labels"].numpy()[0].tolist() for a in alone],
+        "uint8": [u["labels"].numpy()[0].tolist() for u in uint8],
+        "prob_sums": probs["probabilities"].numpy().sum(-1).tolist(),
+    }))
+""")
+
+
+@pytest.mark.slow
+def test_round_trip_in_fresh_process(exported):
+    model, _, path = exported
+    rng = np.random.default_rng(1)
+    images = [_image_bytes(rng, (41, 57), "JPEG"), _image_bytes(rng, (23, 30), "PNG")]
+    import base64
+    request = {"path": path, "images": [base64.b64encode(b).decode() for b in images]}
+    proc = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["signatures"] == ["serving_default", "serving_probabilities", "serving_uint8"]
+    assert out["height"] == [41, 23] and out["width"] == [57, 30]
+    batch = np.array(out["batch_labels"])
+    assert batch.shape == (2, 41, 57)
+    for i, data in enumerate(images):
+        decoded = tf.io.decode_image(data, channels=3)[tf.newaxis]
+        logits = model(model_lib.preprocess(decoded), training=False)
+        expected = np.argmax(logits.numpy()[0], axis=-1)
+        h, w = expected.shape
+        assert len(np.unique(expected)) > 1  # a real map, not a constant
+        np.testing.assert_array_equal(batch[i, :h, :w], expected)
+        # Padding beyond the image is the ignore label...
+        assert np.all(batch[i, h:, :] == 255) and np.all(batch[i, :, w:] == 255)
+        # ...and batch-mates do not change the answer.
+        np.testing.assert_array_equal(np.array(out["alone"][i]), expected)
+        np.testing.assert_array_equal(np.array(out["uint8"][i]), expected)
+    sums = np.array(out["prob_sums"])
+    np.testing.assert_allclose(sums[0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(sums[1, :23, :30], 1.0, rtol=1e-5)
+    assert np.all(sums[1, 23:, :] == 0.0)
+
+
+def test_versions_increase_and_never_overwrite(exported, tmp_path):
+    model, base, first = exported
+    assert first.endswith("/1")
+    assert export.next_version(str(base)) == 2
+    with pytest.raises(FileExistsError, match="already exists"):
+        export.export_saved_model(model, str(base), version=1)
+    # No temporary directory is left behind beside the versions.
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_mixed_precision_model_exports_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = model_lib.build_fcn8s(num_classes=3, fc_units=8)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    twin = export._float32_copy(mixed, dict(num_classes=3, fc_units=8))
+    assert twin.dtype_policy.name == "float32"
+    assert twin.get_layer("fc6").compute_dtype == "float32"
+    for a, b in zip(mixed.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)

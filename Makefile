@@ -24,13 +24,29 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The main job end to end on built-in synthetic data (tools/make_demo_dataset.py).
+# The main job end to end on built-in synthetic data: generate, convert, train, evaluate, export
+# (by train), predict. configs/demo.flags says what is demo-only about its settings.
 demo: $(STAMP)
 	$(PY) tools/make_demo_dataset.py --output_dir=$(DEMO_DIR)/raw --seed=0
 	$(PY) tools/make_tfrecords.py --voc_root=$(DEMO_DIR)/raw/VOCdevkit/VOC2012 \
 	    --sbd_root=$(DEMO_DIR)/raw/benchmark_RELEASE/dataset \
 	    --output_dir=$(DEMO_DIR)/tfrecords --overwrite
-	@echo "Demo TFRecords and manifest: $(DEMO_DIR)/tfrecords (manifest.json)"
+	rm -rf $(DEMO_DIR)/run $(DEMO_DIR)/eval $(DEMO_DIR)/predictions
+	$(PY) -m fcn8s_tf.train --flagfile=configs/demo.flags --workdir=$(DEMO_DIR)/run \
+	    --train_data='$(DEMO_DIR)/tfrecords/train-*.tfrecord' \
+	    --val_data='$(DEMO_DIR)/tfrecords/val-*.tfrecord'
+	$(PY) -m fcn8s_tf.evaluate --model=$(DEMO_DIR)/run/export \
+	    --data='$(DEMO_DIR)/tfrecords/val-*.tfrecord' --output_dir=$(DEMO_DIR)/eval \
+	    --confusion_png --save_predictions=8
+	$(PY) -m fcn8s_tf.predict --model=$(DEMO_DIR)/run/export --output_dir=$(DEMO_DIR)/predictions \
+	    $$(sed -n '1,4p' $(DEMO_DIR)/raw/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt | \
+	       sed 's|^|$(DEMO_DIR)/raw/VOCdevkit/VOC2012/JPEGImages/|; s|$$|.jpg|')
+	@echo
+	@echo "Demo done."
+	@echo "  metrics:     $(DEMO_DIR)/eval/metrics.json (confusion matrix: $(DEMO_DIR)/eval/confusion_matrix.png)"
+	@echo "  overlays:    $(DEMO_DIR)/predictions/*_overlay.png"
+	@echo "  SavedModel:  $(DEMO_DIR)/run/export/1"
+	@echo "  TensorBoard: $(PY) -m tensorboard.main --logdir $(DEMO_DIR)/run/tensorboard"
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --output=BENCHMARKS.md --json_output=benchmarks.json

@@ -31,6 +31,10 @@ flags.DEFINE_integer("fc_units", 4096, "Width of fc6/fc7. The paper's 4096; narr
                      "demo or tests.", lower_bound=1)
 flags.DEFINE_bool("learnable_upsampling", False, "Train the transposed convolutions (the Caffe "
                   "reference keeps them fixed bilinear).")
+flags.DEFINE_list("skip_scales", ["0.01", "0.0001"], "pool4,pool3 scale factors before their score "
+                  "layers. The reference's 0.01,0.0001; the CPU demo alone uses 1,1.")
+flags.DEFINE_bool("train_backbone", True, "Train the VGG16 conv blocks. Off only in the CPU demo "
+                  "(random-init features, frozen to fit its time budget).")
 flags.DEFINE_float("dropout_rate", 0.5, "Dropout after fc6 and fc7.", lower_bound=0.0,
                    upper_bound=1.0)
 

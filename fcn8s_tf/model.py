@@ -150,6 +150,8 @@ def build_fcn8s(
     dropout_rate: float = 0.5,
     input_shape=(None, None, 3),
     name: str = "fcn8s",
+    skip_scales=(POOL4_SCALE, POOL3_SCALE),
+    train_backbone: bool = True,
 ) -> keras.Model:
     """Builds FCN-8s ("at once") as a keras functional model on keras.applications.VGG16.
 
@@ -173,6 +175,11 @@ def build_fcn8s(
       dropout_rate: dropout after fc6 and after fc7 (0.5 in the reference).
       input_shape: (H, W, 3) of one image; None for a size fixed only at run time.
       name: model name.
+      skip_scales: (pool4, pool3) factors before score_pool4/score_pool3. The reference's
+        (0.01, 0.0001) suit ImageNet features; the CPU demo uses (1, 1) so that the skip scores
+        on random-init features learn within minutes (configs/demo.flags says so).
+      train_backbone: False freezes the VGG16 conv blocks (block1..block5). The product trains
+        them; the CPU demo freezes them because their backward pass is ~3/4 of a step's time.
     Returns:
       A keras.Model mapping (B, H, W, 3) float images in the training convention (`preprocess`:
       BGR, mean-subtracted, 0-255 scale) to (B, H, W, num_classes) logits, float32 even under a
@@ -187,6 +194,9 @@ def build_fcn8s(
         raise ValueError(f"fc_units must be >= 1, got {fc_units}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if len(skip_scales) != 2:
+        raise ValueError(f"skip_scales must be (pool4, pool3), got {skip_scales}")
+    pool4_scale, pool3_scale = (float(v) for v in skip_scales)
 
     image = keras.Input(shape=input_shape, name="image")
 
@@ -200,6 +210,7 @@ def build_fcn8s(
             config["padding"] = "same"
         elif config.get("padding") != "same":  # The pad and crop arithmetic rely on it.
             raise RuntimeError(f"keras.applications.VGG16 changed: {layer.name} is {config}")
+        config["trainable"] = train_backbone
         x = layer.__class__.from_config(config)(x)
         skips[layer.name] = x
     del vgg
@@ -214,13 +225,13 @@ def build_fcn8s(
 
     # --- Skip fusion at stride 16, then 8, then upsample to the input.
     upscore2 = _upsample(score_fr, num_classes, 4, 2, learnable_upsampling, "upscore2")
-    scaled_pool4 = keras.layers.Rescaling(POOL4_SCALE, name="scale_pool4")(pool4)
+    scaled_pool4 = keras.layers.Rescaling(pool4_scale, name="scale_pool4")(pool4)
     score_pool4 = _score(scaled_pool4, num_classes, "score_pool4")
     score_pool4c = _crop(score_pool4, upscore2, POOL4_CROP_OFFSET, "score_pool4c")
     fuse_pool4 = keras.layers.Add(name="fuse_pool4")([upscore2, score_pool4c])
 
     upscore_pool4 = _upsample(fuse_pool4, num_classes, 4, 2, learnable_upsampling, "upscore_pool4")
-    scaled_pool3 = keras.layers.Rescaling(POOL3_SCALE, name="scale_pool3")(pool3)
+    scaled_pool3 = keras.layers.Rescaling(pool3_scale, name="scale_pool3")(pool3)
     score_pool3 = _score(scaled_pool3, num_classes, "score_pool3")
     score_pool3c = _crop(score_pool3, upscore_pool4, POOL3_CROP_OFFSET, "score_pool3c")
     fuse_pool3 = keras.layers.Add(name="fuse_pool3")([upscore_pool4, score_pool3c])

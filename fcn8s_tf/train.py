@@ -55,6 +55,8 @@ class TrainConfig:
     fc_units: int = 4096
     learnable_upsampling: bool = False
     dropout_rate: float = 0.5
+    skip_scales: Tuple[float, float] = (model_lib.POOL4_SCALE, model_lib.POOL3_SCALE)
+    train_backbone: bool = True
     train_steps: int = 0
     epochs: float = 0.0
     batch_size: int = 8
@@ -91,15 +93,23 @@ def config_from_flags() -> TrainConfig:
         raise app.UsageError(f"--scale_range must be two numbers min,max; got {FLAGS.scale_range}")
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
         raise app.UsageError(f"--scale_range must be min,max with 0 < min <= max; got {scale_range}")
+    try:
+        skip_scales = tuple(float(v) for v in FLAGS.skip_scales)
+    except ValueError:
+        raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got "
+                             f"{FLAGS.skip_scales}")
+    if len(skip_scales) != 2:
+        raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got {skip_scales}")
     if FLAGS.train_steps == 0 and FLAGS.epochs == 0:
         raise app.UsageError("Set --train_steps or --epochs (both are 0).")
     weights = FLAGS.backbone_weights
     if weights.lower() == "none":
         weights = None
     kwargs = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)
-                        if f.name not in ("scale_range", "backbone_weights")}
+                        if f.name not in ("scale_range", "skip_scales", "backbone_weights")}
     kwargs["val_data"] = kwargs["val_data"] or ""
-    return TrainConfig(scale_range=scale_range, backbone_weights=weights, **kwargs)
+    return TrainConfig(scale_range=scale_range, skip_scales=skip_scales, backbone_weights=weights,
+                       **kwargs)
 
 
 # -------------------------------------------------------------------------------------- strategy --

@@ -440,3 +440,21 @@ def test_preprocess_swaps_to_bgr_and_subtracts_mean():
     b, g, r = model_lib.BGR_MEAN
     np.testing.assert_allclose(out.numpy()[0, 0], [30 - b, 20 - g, 10 - r], rtol=1e-6)
     assert model_lib.preprocess(pixel, tf.bfloat16).dtype == tf.bfloat16
+
+
+def test_demo_levers_skip_scales_and_frozen_backbone():
+    # The CPU demo's two non-reference settings: the defaults stay the paper's.
+    default = model_lib.build_fcn8s(num_classes=2, fc_units=8)
+    assert default.get_layer("scale_pool4").get_config()["scale"] == pytest.approx(0.01)
+    assert default.get_layer("scale_pool3").get_config()["scale"] == pytest.approx(0.0001)
+    assert default.get_layer("block1_conv1").trainable
+
+    demo = model_lib.build_fcn8s(num_classes=2, fc_units=8, skip_scales=(1.0, 1.0),
+                                 train_backbone=False)
+    assert demo.get_layer("scale_pool4").get_config()["scale"] == 1.0
+    assert demo.get_layer("scale_pool3").get_config()["scale"] == 1.0
+    trainable = {v.path.split("/")[0] for v in demo.trainable_variables}
+    assert not any(name.startswith("block") for name in trainable)
+    assert {"fc6", "fc7", "score_fr", "score_pool4", "score_pool3"} <= trainable
+    with pytest.raises(ValueError, match="skip_scales"):
+        model_lib.build_fcn8s(num_classes=2, fc_units=8, skip_scales=(1.0,))

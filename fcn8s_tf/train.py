@@ -82,7 +82,8 @@ class TrainConfig:
     def model_kwargs(self) -> Dict:
         """The build_fcn8s arguments, also written to <workdir>/model_config.json."""
         return dict(num_classes=self.num_classes, fc_units=self.fc_units,
-                                learnable_upsampling=self.learnable_upsampling, dropout_rate=self.dropout_rate)
+                    learnable_upsampling=self.learnable_upsampling, dropout_rate=self.dropout_rate,
+                    skip_scales=list(self.skip_scales), train_backbone=self.train_backbone)
 
 
 def config_from_flags() -> TrainConfig:
@@ -92,7 +93,8 @@ def config_from_flags() -> TrainConfig:
     except ValueError:
         raise app.UsageError(f"--scale_range must be two numbers min,max; got {FLAGS.scale_range}")
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-        raise app.UsageError(f"--scale_range must be min,max with 0 < min <= max; got {scale_range}")
+        raise app.UsageError(
+            f"--scale_range must be min,max with 0 < min <= max; got {scale_range}")
     try:
         skip_scales = tuple(float(v) for v in FLAGS.skip_scales)
     except ValueError:
@@ -140,14 +142,15 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 # ----------------------------------------------------------------------------------------- input --
 def count_examples(file_pattern: str) -> int:
-    """Examples behind a pattern: from the converter's manifest.json when present, else by counting."""
+    """Examples behind a pattern: from the converter's manifest.json if present, else counted."""
     files = input_pipeline.list_files(file_pattern)
     manifest_path = os.path.join(os.path.dirname(files[0]), "manifest.json")
     if tf.io.gfile.exists(manifest_path):
         with tf.io.gfile.GFile(manifest_path) as f:
             manifest = json.load(f)
         counts = {os.path.basename(s["file"]): s["count"]
-                            for split in manifest.get("splits", {}).values() for s in split.get("shards", [])}
+                  for split in manifest.get("splits", {}).values()
+                  for s in split.get("shards", [])}
         if all(os.path.basename(p) in counts for p in files):
             return sum(counts[os.path.basename(p)] for p in files)
     return sum(1 for _ in tf.data.TFRecordDataset(files))
@@ -168,18 +171,19 @@ def make_learning_rate(config: TrainConfig, total_steps: int):
         decay = config.learning_rate
     elif config.lr_schedule == "poly":
         decay = keras.optimizers.schedules.PolynomialDecay(
-                config.learning_rate, decay_steps, end_learning_rate=0.0, power=0.9)
+            config.learning_rate, decay_steps, end_learning_rate=0.0, power=0.9)
     elif config.lr_schedule == "cosine":
         decay = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
     else:
-        raise ValueError(f"lr_schedule must be constant, poly or cosine; got {config.lr_schedule!r}")
+        raise ValueError(
+            f"lr_schedule must be constant, poly or cosine; got {config.lr_schedule!r}")
     if not config.warmup_steps and config.lr_schedule == "constant":
         return config.learning_rate
     return _WarmupThen(config.learning_rate, config.warmup_steps, decay)
 
 
 class _WarmupThen(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then `after` (a schedule or a constant) counted from the warm-up end."""
+    """Linear warm-up to `peak`, then `after` (a schedule or constant) from the warm-up's end."""
 
     def __init__(self, peak, warmup_steps, after):
         self.peak, self.warmup_steps, self.after = peak, warmup_steps, after
@@ -200,9 +204,9 @@ def build_model_and_optimizer(config: TrainConfig, total_steps: int):
     keras.utils.set_random_seed(config.seed)
     model = model_lib.build_fcn8s(weights=config.backbone_weights, **config.model_kwargs())
     optimizer = keras.optimizers.Adam(
-            learning_rate=make_learning_rate(config, total_steps), beta_1=config.adam_beta1,
-            beta_2=config.adam_beta2, epsilon=config.adam_epsilon, amsgrad=config.amsgrad,
-            weight_decay=config.weight_decay or None)
+        learning_rate=make_learning_rate(config, total_steps), beta_1=config.adam_beta1,
+        beta_2=config.adam_beta2, epsilon=config.adam_epsilon, amsgrad=config.amsgrad,
+        weight_decay=config.weight_decay or None)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     # Create the slot variables now, in the strategy's scope: created lazily inside the first
@@ -227,13 +231,13 @@ def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> Tuple[tf.Tenso
     valid = tf.not_equal(labels, voc.IGNORE_LABEL)
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=safe_labels, logits=tf.cast(logits, tf.float32))
+        labels=safe_labels, logits=tf.cast(logits, tf.float32))
     valid_f = tf.cast(valid, tf.float32)
     return tf.reduce_sum(ce * valid_f), tf.reduce_sum(valid_f)
 
 
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimizer,
-                                        config: TrainConfig) -> Callable:
+                    config: TrainConfig) -> Callable:
     """Returns train_step(distributed_batch, step) -> (global mean loss, global valid pixels)."""
     compute_dtype = keras.mixed_precision.global_policy().compute_dtype
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -258,13 +262,13 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
         # Stateless augmentation seeded by (seed, step, replica): reproducible, and a resumed run
         # continues the same random stream without saving generator state. Determinism ends at the
         # host pipeline's parallel decode order and at non-deterministic GPU kernels.
+        replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
         aug_seed = tf.stack([tf.cast(config.seed, tf.int64),
-                                                  tf.cast(step, tf.int64) * 1024 + tf.cast(ctx.replica_id_in_sync_group,
-                                                                                                                                    tf.int64)])
+                             tf.cast(step, tf.int64) * 1024 + replica])
         images, labels = augment.augment_batch(
-                images, labels, crop_size=(config.crop_size, config.crop_size),
-                scale_range=config.scale_range, flip_prob=config.flip_prob, seed=aug_seed,
-                dtype=compute_dtype)
+            images, labels, crop_size=(config.crop_size, config.crop_size),
+            scale_range=config.scale_range, flip_prob=config.flip_prob, seed=aug_seed,
+            dtype=compute_dtype)
         labels = tf.cast(labels, tf.int32)
         local_count = tf.reduce_sum(tf.cast(tf.not_equal(labels, voc.IGNORE_LABEL), tf.float32))
         global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
@@ -284,7 +288,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
 
 # ------------------------------------------------------------------------------------ evaluation --
 def make_predict_fn(model: keras.Model) -> Callable:
-    """(1, H, W, 3) uint8 RGB -> (labels (1, H, W) int32, logits float32), one trace for all sizes."""
+    """(1, H, W, 3) uint8 RGB -> (labels (1, H, W) int32, logits float32); one trace, any size."""
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     def predict(images):
@@ -320,13 +324,13 @@ def write_eval_images(writer, model: keras.Model, config: TrainConfig, step: int
     palette = tf.constant(voc.VOC_PALETTE)
     with writer.as_default(step=step):
         for i, (image, label, name) in enumerate(
-                input_pipeline.eval_dataset(config.val_data).take(config.tb_images)):
+            input_pipeline.eval_dataset(config.val_data).take(config.tb_images)):
             labels, _ = predict(image[tf.newaxis])
             truth = tf.gather(palette, tf.cast(label[..., 0], tf.int32))
             pred = tf.gather(palette, labels[0])
             panel = tf.concat([image, truth, pred], axis=1)[tf.newaxis]
             tf.summary.image(f"val/{i}_input_truth_prediction", panel,
-                                              description=f"{name.numpy().decode()}: input | ground truth | prediction")
+                description=f"{name.numpy().decode()}: input | truth | prediction")
 
 
 # ----------------------------------------------------------------------------------- checkpoints --
@@ -374,7 +378,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
             with tf.io.gfile.GFile(os.path.join(config.workdir, "flags.txt"), "w") as f:
                 f.write(flags_text)
     logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
-                              type(strategy).__name__, replicas, total_steps, config.batch_size, config.precision)
+                 type(strategy).__name__, replicas, total_steps, config.batch_size,
+                 config.precision)
 
     with strategy.scope():
         model, optimizer = build_model_and_optimizer(config, total_steps)
@@ -409,7 +414,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         t0 = time.time()
         result = run_evaluation(model, config)
         logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  (%.0f s)", step,
-                                  result["loss"], result["mean_iou"], result["pixel_accuracy"], time.time() - t0)
+                     result["loss"], result["mean_iou"], result["pixel_accuracy"],
+                     time.time() - t0)
         with eval_writer.as_default(step=step):
             tf.summary.scalar("loss", result["loss"])
             for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"):
@@ -430,9 +436,9 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         loss_value = float(loss)
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                    f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
-                    f"--precision=float32, or check the labels (values must be 0..{config.num_classes - 1} "
-                    f"or 255).")
+                f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
+                f"--precision=float32, or check the labels (values must be "
+                f"0..{config.num_classes - 1} or 255).")
         step_var.assign(step + 1)
         window_loss += loss_value
         window_steps += 1
@@ -444,7 +450,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
             lr = float(tf.convert_to_tensor(optimizer.learning_rate))
             eta = (total_steps - done) * elapsed / window_steps
             logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done, total_steps,
-                                      window_loss / window_steps, lr, images_per_s, _hms(eta))
+                         window_loss / window_steps, lr, images_per_s, _hms(eta))
             with train_writer.as_default(step=done):
                 tf.summary.scalar("loss", window_loss / window_steps)
                 tf.summary.scalar("learning_rate", lr)
@@ -462,7 +468,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     export_path = None
     if config.export and chief:
         export_path = export_lib.export_saved_model(model, os.path.join(config.workdir, "export"),
-                                                     model_kwargs=config.model_kwargs())
+                                                 model_kwargs=config.model_kwargs())
         logging.info("Exported SavedModel to %s", export_path)
     if last_eval is not None:
         _write_json(os.path.join(config.workdir, "val_metrics.json"), last_eval)

@@ -49,17 +49,10 @@ def saved_model_predict_fn(export_dir: str) -> PredictFn:
 
 
 def checkpoint_predict_fn(workdir: str, num_classes: Optional[int] = None) -> Tuple[PredictFn, str]:
-    """Rebuilds the FCN-8s of a training workdir and restores its newest checkpoint.
+    """A predict function for a training workdir's newest checkpoint.
 
-    Args:
-      workdir: holds model_config.json (build_fcn8s keyword arguments) and checkpoints/ (written
-        by tf.train.CheckpointManager with tf.train.Checkpoint(model=..., optimizer=..., ...)).
-      num_classes: if given, must equal the config's.
-    Returns:
-      (predict_fn, path of the checkpoint restored).
-    Raises:
-      FileNotFoundError: no model_config.json or no checkpoint.
-      ValueError: num_classes disagrees with the config, or the checkpoint does not fit the model.
+    Loading, and its errors, are `export.load_model_from_workdir`'s. Returns (predict_fn, the path
+    of the checkpoint restored).
     """
     from fcn8s_tf import export  # the Keras model only when a checkpoint is evaluated
     from fcn8s_tf import model as model_lib

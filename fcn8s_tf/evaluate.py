@@ -13,7 +13,6 @@ matrix is accumulated over the whole split (metrics.py has the definitions). Wri
 `predictions/<id>.png` (palette PNGs: values are class ids, colours the VOC palette).
 """
 
-import json
 import os
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple

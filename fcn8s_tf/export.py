@@ -93,9 +93,15 @@ class _ServingModule(tf.Module):
                 "probabilities": tf.nn.softmax(logits)}
 
 
-def _float32_copy(model: keras.Model, model_kwargs: Optional[Dict]) -> keras.Model:
-    """A float32 twin of a mixed-precision model (serving CPUs and TF Serving want float32)."""
-    if model.dtype_policy.name == "float32" or model_kwargs is None:
+def serving_twin(model: keras.Model, model_kwargs: Optional[Dict]) -> keras.Model:
+    """A float32 model for any input size with `model`'s weights, or `model` if it is one already.
+
+    Training may build the net for its fixed crop size (faster, BENCHMARKS.md) and under a
+    mixed-precision policy; evaluation and serving need every image size and, on CPUs and in TF
+    Serving, float32. model_kwargs are the build_fcn8s arguments (None: use `model` as it is).
+    """
+    dynamic = all(d is None for d in model.input_shape[1:3])
+    if model_kwargs is None or (dynamic and model.dtype_policy.name == "float32"):
         return model
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
@@ -120,11 +126,11 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     """Writes `model` as `<export_base>/<version>/` (TF Serving layout) and returns that path.
 
     Args:
-      model: an FCN-8s (any precision policy; mixed models are exported as a float32 twin when
-        model_kwargs, the build_fcn8s arguments, are given).
+      model: an FCN-8s (mixed-precision or fixed-size models are exported as a float32, any-size
+        twin when model_kwargs, the build_fcn8s arguments, are given).
       export_base: the model base path TF Serving watches.
       version: numeric version; default one more than the highest present.
-      model_kwargs: build_fcn8s arguments (needed only for the float32 twin).
+      model_kwargs: build_fcn8s arguments (needed only for the twin).
     Returns:
       The version directory. It appears complete or not at all: the SavedModel is written to a
       temporary sibling and renamed, since TF Serving loads any numeric directory it sees.
@@ -135,7 +141,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
         raise FileExistsError(f"Export version directory already exists: {final}")
     tf.io.gfile.makedirs(export_base)
     tmp = os.path.join(export_base, f".tmp-{version}-{int(time.time())}")
-    module = _ServingModule(_float32_copy(model, model_kwargs))
+    module = _ServingModule(serving_twin(model, model_kwargs))
     signatures = {
         "serving_default": module.serving_default.get_concrete_function(),
         "serving_probabilities": module.serving_probabilities.get_concrete_function(),

@@ -35,6 +35,9 @@ flags.DEFINE_list("skip_scales", ["0.01", "0.0001"], "pool4,pool3 scale factors 
                   "layers. The reference's 0.01,0.0001; the CPU demo alone uses 1,1.")
 flags.DEFINE_bool("train_backbone", True, "Train the VGG16 conv blocks. Off only in the CPU demo "
                   "(random-init features, frozen to fit its time budget).")
+flags.DEFINE_bool("fixed_input_shape", True, "Build the training model for the crop size (measured "
+                  "faster than (None, None) by make bench); evaluation and export use an "
+                  "any-size twin.")
 flags.DEFINE_float("dropout_rate", 0.5, "Dropout after fc6 and fc7.", lower_bound=0.0,
                    upper_bound=1.0)
 

@@ -57,6 +57,7 @@ class TrainConfig:
     dropout_rate: float = 0.5
     skip_scales: Tuple[float, float] = (model_lib.POOL4_SCALE, model_lib.POOL3_SCALE)
     train_backbone: bool = True
+    fixed_input_shape: bool = True
     train_steps: int = 0
     epochs: float = 0.0
     batch_size: int = 8
@@ -202,7 +203,12 @@ class _WarmupThen(keras.optimizers.schedules.LearningRateSchedule):
 def build_model_and_optimizer(config: TrainConfig, total_steps: int):
     """Builds FCN-8s and Adam (call inside strategy.scope())."""
     keras.utils.set_random_seed(config.seed)
-    model = model_lib.build_fcn8s(weights=config.backbone_weights, **config.model_kwargs())
+    # Built for the crop size: `make bench` measured that faster than (None, None) inputs
+    # (BENCHMARKS.md). Evaluation and export use an any-size twin (export.serving_twin).
+    input_shape = ((config.crop_size, config.crop_size, 3) if config.fixed_input_shape
+                   else (None, None, 3))
+    model = model_lib.build_fcn8s(weights=config.backbone_weights, input_shape=input_shape,
+                                  **config.model_kwargs())
     optimizer = keras.optimizers.Adam(
         learning_rate=make_learning_rate(config, total_steps), beta_1=config.adam_beta1,
         beta_2=config.adam_beta2, epsilon=config.adam_epsilon, amsgrad=config.amsgrad,
@@ -292,16 +298,14 @@ def make_predict_fn(model: keras.Model) -> Callable:
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     def predict(images):
-        dtype = keras.mixed_precision.global_policy().compute_dtype
-        logits = model(model_lib.preprocess(images, dtype), training=False)
+        logits = model(model_lib.preprocess(images), training=False)  # layers cast as they need
         return tf.argmax(logits, axis=-1, output_type=tf.int32), logits
 
     return predict
 
 
-def run_evaluation(model: keras.Model, config: TrainConfig) -> Dict:
+def run_evaluation(predict: Callable, config: TrainConfig) -> Dict:
     """Loss and the reference metrics over the validation records at original resolution."""
-    predict = make_predict_fn(model)
     dataset = input_pipeline.eval_dataset(config.val_data)
     if config.eval_max_images:
         dataset = dataset.take(config.eval_max_images)
@@ -318,9 +322,8 @@ def run_evaluation(model: keras.Model, config: TrainConfig) -> Dict:
     return result
 
 
-def write_eval_images(writer, model: keras.Model, config: TrainConfig, step: int) -> None:
+def write_eval_images(writer, predict: Callable, config: TrainConfig, step: int) -> None:
     """Input, ground truth and prediction in the VOC palette for the first few validation images."""
-    predict = make_predict_fn(model)
     palette = tf.constant(voc.VOC_PALETTE)
     with writer.as_default(step=step):
         for i, (image, label, name) in enumerate(
@@ -410,9 +413,16 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     else:
         train_writer = eval_writer = tf.summary.create_noop_writer()
 
+    eval_state = {}  # the any-size float32 twin and its traced predict fn, made at first use
+
     def evaluate_and_log(step: int) -> Dict:
+        if "model" not in eval_state:
+            eval_state["model"] = export_lib.serving_twin(model, config.model_kwargs())
+            eval_state["predict"] = make_predict_fn(eval_state["model"])
+        elif eval_state["model"] is not model:
+            eval_state["model"].set_weights(model.get_weights())
         t0 = time.time()
-        result = run_evaluation(model, config)
+        result = run_evaluation(eval_state["predict"], config)
         logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  (%.0f s)", step,
                      result["loss"], result["mean_iou"], result["pixel_accuracy"],
                      time.time() - t0)
@@ -424,7 +434,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
                 if iou is not None and not math.isnan(iou):
                     tf.summary.scalar(f"iou/{name}", iou)
         if chief and config.tb_images:
-            write_eval_images(eval_writer, model, config, step)
+            write_eval_images(eval_writer, eval_state["predict"], config, step)
         return result
 
     last_eval, loss_value = None, float("nan")

@@ -1,6 +1,5 @@
 """The synthetic demo dataset: deterministic, in the real layout, readable by the converter."""
 
-import io
 
 import numpy as np
 import pytest

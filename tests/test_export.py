@@ -116,13 +116,22 @@ def test_versions_increase_and_never_overwrite(exported, tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 
+def test_fixed_size_model_gets_an_any_size_twin():
+    fixed = model_lib.build_fcn8s(num_classes=3, fc_units=8, input_shape=(32, 32, 3))
+    twin = export.serving_twin(fixed, dict(num_classes=3, fc_units=8))
+    assert twin.input_shape == (None, None, None, 3)
+    image = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(twin(image).numpy(), fixed(image).numpy())
+    assert twin(image[:, :17, :23]).shape == (1, 17, 23, 3)
+
+
 def test_mixed_precision_model_exports_float32(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         mixed = model_lib.build_fcn8s(num_classes=3, fc_units=8)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    twin = export._float32_copy(mixed, dict(num_classes=3, fc_units=8))
+    twin = export.serving_twin(mixed, dict(num_classes=3, fc_units=8))
     assert twin.dtype_policy.name == "float32"
     assert twin.get_layer("fc6").compute_dtype == "float32"
     for a, b in zip(mixed.get_weights(), twin.get_weights()):

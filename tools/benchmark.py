@@ -45,7 +45,6 @@ training configuration, since other work on the machine slows every figure.
 
 import dataclasses
 import datetime
-import functools
 import json
 import math
 import os
@@ -453,11 +452,9 @@ def _task_train(progress, precision: str, xla: bool, input_shape: str, batch_siz
     Records the build time and each step's wall and CPU seconds through `progress` (so a child
     killed at its deadline still reports them); summarise_train_entry turns them into figures.
     """
-    from unittest import mock
     import keras
     import numpy as np
     import tensorflow as tf
-    from fcn8s_tf import model as model_lib
     from fcn8s_tf import train as train_lib
 
     keras.mixed_precision.set_global_policy(precision)  # as train.train() does, before building
@@ -465,19 +462,12 @@ def _task_train(progress, precision: str, xla: bool, input_shape: str, batch_siz
         config = train_lib.TrainConfig(
             train_data="", workdir="", base_size=image_size, crop_size=image_size,
             num_classes=num_classes, backbone_weights=None, fc_units=fc_units,
-            batch_size=batch_size, precision=precision, xla=xla, seed=seed)
+            batch_size=batch_size, precision=precision, xla=xla, seed=seed,
+            fixed_input_shape=(input_shape == "fixed"))
         strategy = train_lib.make_strategy()
         start = time.perf_counter()
         with strategy.scope():
-            if input_shape == "fixed":
-                # TrainConfig has no input-shape setting (the trainer builds the dynamic model), so
-                # the fixed build goes through the same function with build_fcn8s bound to it.
-                fixed = functools.partial(model_lib.build_fcn8s,
-                                          input_shape=(image_size, image_size, 3))
-                with mock.patch.object(model_lib, "build_fcn8s", fixed):
-                    model, optimizer = train_lib.build_model_and_optimizer(config, 10**6)
-            else:
-                model, optimizer = train_lib.build_model_and_optimizer(config, 10**6)
+            model, optimizer = train_lib.build_model_and_optimizer(config, 10**6)
         build_s = time.perf_counter() - start
         built_shape = list(model.inputs[0].shape[1:3])
         expected = [image_size] * 2 if input_shape == "fixed" else [None, None]
@@ -1114,6 +1104,11 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _gb(megabytes) -> str:
+    """Megabytes as GB; '-' when unknown (a child stopped at its deadline reports no peak RSS)."""
+    return "-" if megabytes is None else _num(megabytes / 1024)
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -1197,7 +1192,7 @@ def render_markdown(results: Dict) -> str:
                 f"{head} {_num(e['step_s'])}{mark} | {_num(e['images_per_s'], 3)} | "
                 f"{_num(e.get('gflops'), 1)} | {_pct(e.get('fraction_of_ceiling'))} | "
                 f"{_pct(e.get('fraction_of_ceiling_cpu_time'))} | {_num(e['cpu_s_per_step'])} | "
-                f"{_num(e['first_step_s'], 1)} | {_num(e['peak_rss_mb'] / 1024)} | "
+                f"{_num(e['first_step_s'], 1)} | {_gb(e.get('peak_rss_mb'))} | "
                 f"{_num(e.get('load_average_1min_before'))} |")
         else:
             why = e.get("skipped") or e.get("error") or e.get("status")

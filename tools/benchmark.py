@@ -1228,7 +1228,7 @@ def render_markdown(results: Dict) -> str:
                      f"{c['images_per_s']:.0f} images/s | {c['images']} images in "
                      f"{c['seconds']:.2f} s; {c['fixed_s']:.2f} s fixed + "
                      f"{c['per_image_ms']:.2f} ms/image -> {VOC_SBD_IMAGES:,} images in "
-                     f"{c['extrapolated_voc_sbd_s']:.1f} s | {_num(c['peak_rss_mb'] / 1024)} |")
+                     f"{c['extrapolated_voc_sbd_s']:.1f} s | {_gb(c.get('peak_rss_mb'))} |")
     else:
         lines.append(f"| converter | failed | {c.get('error')} | |")
     p = results.get("pipeline") or {}
@@ -1236,7 +1236,7 @@ def render_markdown(results: Dict) -> str:
         lines.append(f"| host pipeline (decode + resize to {p['base_size']} + batch "
                      f"{p['batch_size']}) | {p['images_per_s']:.0f} images/s | "
                      f"{p['cpu_ms_per_image']:.2f} CPU ms/image, {p['cores']} cores, "
-                     f"{p['batches']} batches | {_num(p['peak_rss_mb'] / 1024)} |")
+                     f"{p['batches']} batches | {_gb(p.get('peak_rss_mb'))} |")
     else:
         lines.append(f"| host pipeline | failed | {p.get('error')} | |")
     a = results.get("augment") or {}

@@ -304,36 +304,41 @@ def make_predict_fn(model: keras.Model) -> Callable:
     return predict
 
 
-def run_evaluation(predict: Callable, config: TrainConfig) -> Dict:
-    """Loss and the reference metrics over the validation records at original resolution."""
+def run_evaluation(predict: Callable, config: TrainConfig, keep: int = 0) -> Tuple[Dict, list]:
+    """Loss and the reference metrics over the validation records at original resolution.
+
+    Returns the metrics and, for the first `keep` images, (image, label, prediction, name): the
+    TensorBoard pictures reuse them instead of predicting those images again.
+    """
     dataset = input_pipeline.eval_dataset(config.val_data)
     if config.eval_max_images:
         dataset = dataset.take(config.eval_max_images)
     cm = np.zeros((config.num_classes, config.num_classes), np.int64)
     loss_sum = pixels = 0.0
-    for image, label, _ in dataset:
+    kept = []
+    for image, label, name in dataset:
         labels, logits = predict(image[tf.newaxis])
         batch_sum, batch_count = masked_cross_entropy(logits, label[tf.newaxis])
         loss_sum += float(batch_sum)
         pixels += float(batch_count)
         cm += metrics.confusion_matrix(label[..., 0], labels[0], config.num_classes).numpy()
+        if len(kept) < keep:
+            kept.append((image, label, labels[0], name))
     result = metrics.scores(cm)
     result["loss"] = loss_sum / max(pixels, 1.0)
-    return result
+    return result, kept
 
 
-def write_eval_images(writer, predict: Callable, config: TrainConfig, step: int) -> None:
-    """Input, ground truth and prediction in the VOC palette for the first few validation images."""
+def write_eval_images(writer, examples: list, step: int) -> None:
+    """Input, ground truth and prediction in the VOC palette, from run_evaluation's kept images."""
     palette = tf.constant(voc.VOC_PALETTE)
     with writer.as_default(step=step):
-        for i, (image, label, name) in enumerate(
-            input_pipeline.eval_dataset(config.val_data).take(config.tb_images)):
-            labels, _ = predict(image[tf.newaxis])
+        for i, (image, label, prediction, name) in enumerate(examples):
             truth = tf.gather(palette, tf.cast(label[..., 0], tf.int32))
-            pred = tf.gather(palette, labels[0])
+            pred = tf.gather(palette, prediction)
             panel = tf.concat([image, truth, pred], axis=1)[tf.newaxis]
             tf.summary.image(f"val/{i}_input_truth_prediction", panel,
-                description=f"{name.numpy().decode()}: input | truth | prediction")
+                             description=f"{name.numpy().decode()}: input | truth | prediction")
 
 
 # ----------------------------------------------------------------------------------- checkpoints --
@@ -367,7 +372,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} does not divide evenly over {replicas} "
-                                          f"replicas; use a multiple of {replicas}.")
+                         f"replicas; use a multiple of {replicas}.")
     if config.precision != "float32":
         keras.mixed_precision.set_global_policy(config.precision)
     input_pipeline.list_files(config.train_data)  # fail on a bad pattern before building
@@ -422,7 +427,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         elif eval_state["model"] is not model:
             eval_state["model"].set_weights(model.get_weights())
         t0 = time.time()
-        result = run_evaluation(eval_state["predict"], config)
+        result, examples = run_evaluation(eval_state["predict"], config,
+                                          keep=config.tb_images if chief else 0)
         logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  (%.0f s)", step,
                      result["loss"], result["mean_iou"], result["pixel_accuracy"],
                      time.time() - t0)
@@ -433,8 +439,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
             for name, iou in zip(voc.VOC_CLASSES, result["per_class_iou"]):
                 if iou is not None and not math.isnan(iou):
                     tf.summary.scalar(f"iou/{name}", iou)
-        if chief and config.tb_images:
-            write_eval_images(eval_writer, eval_state["predict"], config, step)
+        if examples:
+            write_eval_images(eval_writer, examples, step)
         return result
 
     last_eval, loss_value = None, float("nan")
@@ -468,8 +474,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
             window_loss, window_steps, window_start = 0.0, 0, time.time()
         if done % config.checkpoint_every == 0 or done == total_steps:
             manager.save(checkpoint_number=done)
-        if config.val_data and chief and ((config.eval_every and done % config.eval_every == 0)
-                                                                            or done == total_steps):
+        eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
+        if config.val_data and chief and eval_due:
             last_eval = evaluate_and_log(done)
 
     if not chief:
@@ -477,8 +483,11 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     logging.info("Trained %d steps in %s", total_steps - start_step, _hms(time.time() - run_start))
     export_path = None
     if config.export and chief:
-        export_path = export_lib.export_saved_model(model, os.path.join(config.workdir, "export"),
-                                                 model_kwargs=config.model_kwargs())
+        # The eval twin, when there is one, already holds the final weights (the last step always
+        # evaluates) in the served form; otherwise export_saved_model builds that twin itself.
+        export_path = export_lib.export_saved_model(eval_state.get("model", model),
+                                                    os.path.join(config.workdir, "export"),
+                                                    model_kwargs=config.model_kwargs())
         logging.info("Exported SavedModel to %s", export_path)
     if last_eval is not None:
         _write_json(os.path.join(config.workdir, "val_metrics.json"), last_eval)

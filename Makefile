@@ -15,6 +15,9 @@ $(STAMP): setup.cfg requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[cpu,test]'
+	# Tests only: TF Serving's generated proto classes, to parse the warmup file back. --no-deps
+	# because the package requires the full `tensorflow` distribution (BUILD.md, "Dependencies").
+	$(PY) -m pip install -q --no-deps -c requirements/constraints.txt tensorflow-serving-api
 	touch $(STAMP)
 
 # The whole suite (slow tests included); `make test-fast` skips the few marked slow.

@@ -25,6 +25,7 @@ import tensorflow as tf
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import predict as predict_lib
+from fcn8s_tf import serving
 from fcn8s_tf.voc import NUM_CLASSES, VOC_CLASSES
 
 # uint8 (H, W, 3) RGB image -> int32 (H, W) class ids.
@@ -35,10 +36,10 @@ PredictFn = Callable[[tf.Tensor], tf.Tensor]
 def saved_model_predict_fn(export_dir: str) -> PredictFn:
     """Wraps the `serving_uint8` signature (images uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
     loaded = tf.saved_model.load(export_dir)
-    if "serving_uint8" not in loaded.signatures:
+    if serving.SIGNATURE_UINT8 not in loaded.signatures:
         raise ValueError(f"{export_dir}: the SavedModel has no 'serving_uint8' signature "
                          f"(it has {sorted(loaded.signatures)})")
-    signature = loaded.signatures["serving_uint8"]
+    signature = loaded.signatures[serving.SIGNATURE_UINT8]
 
     def predict_fn(image):
         return signature(images=image[tf.newaxis])["labels"][0]
@@ -75,7 +76,7 @@ def load_predict_fn(model_path: str, num_classes: Optional[int] = None) -> Tuple
     """
     if not tf.io.gfile.exists(model_path):
         raise FileNotFoundError(f"{model_path}: no such file or directory")
-    export_dir = predict_lib.find_saved_model(model_path)
+    export_dir = serving.find_saved_model(model_path)
     if export_dir is not None:
         return saved_model_predict_fn(export_dir), f"SavedModel {export_dir}"
     workdir = model_path

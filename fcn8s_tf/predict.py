@@ -33,51 +33,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import serving
 from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, colorize
 
-SIGNATURE = "serving_default"
+SIGNATURE = serving.SIGNATURE_DEFAULT
 
 
 class PredictError(Exception):
     """A failure the user can fix; the message names the file, URL or directory."""
-
-
-# ------------------------------------------------------------------------------ SavedModel dirs --
-def find_saved_model(path: str) -> Optional[str]:
-    """The SavedModel directory at `path`, or None if there is none.
-
-    Accepts a version directory (holding saved_model.pb) or a TF Serving base directory
-    `<base>/<numeric version>/saved_model.pb`, of which the highest version is taken, as TF Serving
-    itself serves by default.
-    """
-    if not tf.io.gfile.isdir(path):
-        return None
-    if tf.saved_model.contains_saved_model(path):
-        return path
-    versions = []
-    for name in tf.io.gfile.listdir(path):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.saved_model.contains_saved_model(os.path.join(path, name)):
-            versions.append(int(name))
-    if versions:
-        return os.path.join(path, str(max(versions)))
-    return None
-
-
-def resolve_saved_model_dir(path: str) -> str:
-    """Like find_saved_model, but raises an error naming `path` when it holds no SavedModel.
-
-    Raises:
-      FileNotFoundError: `path` does not exist.
-      ValueError: `path` exists but holds no SavedModel in either layout.
-    """
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    found = find_saved_model(path)
-    if found is None:
-        raise ValueError(f"{path} is not a SavedModel: no saved_model.pb in it nor in a numeric "
-                         "version subdirectory (TF Serving layout <base>/<version>/saved_model.pb)")
-    return found
 
 
 # ------------------------------------------------------------------------------------- images --
@@ -133,7 +96,7 @@ class LocalModel:
 
     def __init__(self, model_dir: str):
         try:
-            self.export_dir = resolve_saved_model_dir(model_dir)
+            self.export_dir = serving.resolve_saved_model_dir(model_dir)
         except (FileNotFoundError, ValueError) as e:
             raise PredictError(str(e)) from None
         try:
@@ -146,15 +109,15 @@ class LocalModel:
                                f"{sorted(self._loaded.signatures)})")
         self._signature = self._loaded.signatures[SIGNATURE]
         inputs = self._signature.structured_input_signature[1]
-        if "image_bytes" not in inputs:
+        if serving.BYTES_INPUT not in inputs:
             raise PredictError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
-                               "not 'image_bytes'")
+                               f"not {serving.BYTES_INPUT!r}")
         self.name = self.export_dir
 
     def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
         try:
-            outputs = self._signature(image_bytes=tf.constant([data]))
+            outputs = self._signature(**{serving.BYTES_INPUT: tf.constant([data])})
         except tf.errors.OpError as e:
             raise PredictError(f"the SavedModel {self.export_dir} failed: {e.message}") from None
         return (outputs["labels"][0].numpy(), int(outputs["height"][0]),
@@ -177,7 +140,7 @@ class RestModel:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
         body = json.dumps({
             "signature_name": SIGNATURE,
-            "instances": [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}}],
+            "instances": [{serving.BYTES_INPUT: {"b64": base64.b64encode(data).decode("ascii")}}],
         }).encode()
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})

@@ -16,6 +16,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import export
+from fcn8s_tf import serving
 from fcn8s_tf import model as model_lib
 
 
@@ -109,7 +110,7 @@ def test_round_trip_in_fresh_process(exported):
 def test_versions_increase_and_never_overwrite(exported, tmp_path):
     model, base, first = exported
     assert first.endswith("/1")
-    assert export.next_version(str(base)) == 2
+    assert serving.next_version(str(base)) == 2
     with pytest.raises(FileExistsError, match="already exists"):
         export.export_saved_model(model, str(base), version=1)
     # No temporary directory is left behind beside the versions.

@@ -27,6 +27,9 @@ flags.DEFINE_integer("num_classes", 21, "Classes including background.", lower_b
 flags.DEFINE_string("backbone_weights", "imagenet", "'imagenet' (Keras's VGG16 download with the "
                     "top, for the fc6/fc7 net surgery), 'none' (random init), or a path to a local "
                     "VGG16 .h5 weights file.")
+flags.DEFINE_string("init_from", None, "Start from the model weights (not the optimizer) of a "
+                    "workdir or checkpoint, e.g. the published FCN-8s from "
+                    "tools/import_weights.py. Ignored when --workdir has a checkpoint to resume.")
 flags.DEFINE_integer("fc_units", 4096, "Width of fc6/fc7. The paper's 4096; narrower only for the "
                      "demo or tests.", lower_bound=1)
 flags.DEFINE_bool("learnable_upsampling", False, "Train the transposed convolutions (the Caffe "

@@ -52,6 +52,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     num_classes: int = voc.NUM_CLASSES
     backbone_weights: Optional[str] = "imagenet"
+    init_from: Optional[str] = None
     fc_units: int = 4096
     learnable_upsampling: bool = False
     dropout_rate: float = 0.5
@@ -350,6 +351,61 @@ def _checkpoint_dir(workdir: str, chief: bool) -> str:
     return tempfile.mkdtemp(prefix="fcn8s_worker_ckpt_")
 
 
+def init_model_from(model: keras.Model, source: str, model_kwargs: Dict) -> str:
+    """Loads the model weights (not the optimizer, not the step) of a workdir or checkpoint.
+
+    For fine-tuning a run from another one, e.g. the published FCN-8s that
+    tools/import_weights.py writes. Where `source` is a workdir, its model_config.json must agree
+    with this run on what the weights alone do not say (skip_scales) or cannot fit otherwise.
+
+    Args:
+        model: the freshly built model (inside the strategy's scope).
+        source: a workdir (model_config.json + checkpoints/; its newest checkpoint), a directory of
+            checkpoints, or a checkpoint path (the prefix before .index).
+        model_kwargs: this run's build_fcn8s arguments (TrainConfig.model_kwargs()).
+    Returns:
+        The checkpoint path loaded.
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: the source's model_config.json disagrees, or a model weight is missing from
+            the checkpoint or has another shape.
+    """
+    config_path = os.path.join(source, "model_config.json")
+    if tf.io.gfile.exists(config_path):
+        with tf.io.gfile.GFile(config_path) as f:
+            source_kwargs = json.load(f)
+        differ = [f"--{key}={_flag_text(model_kwargs[key])} here, {_flag_text(source_kwargs[key])}"
+                  f" there" for key in ("num_classes", "fc_units", "skip_scales")
+                  if key in source_kwargs and source_kwargs[key] != model_kwargs[key]]
+        if differ:
+            raise ValueError(f"--init_from={source}: {config_path} describes another net: "
+                             f"{'; '.join(differ)}. Set those flags as {config_path} says.")
+    if tf.io.gfile.isdir(source):
+        checkpoint_dir = os.path.join(source, "checkpoints")
+        if not tf.io.gfile.isdir(checkpoint_dir):
+            checkpoint_dir = source
+        path = tf.train.latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"--init_from={source}: no checkpoint in {checkpoint_dir}")
+    elif tf.io.gfile.exists(source + ".index"):
+        path = source
+    else:
+        raise FileNotFoundError(f"--init_from={source}: neither a workdir, a checkpoint "
+                                f"directory, nor a checkpoint ({source}.index does not exist)")
+    try:
+        status = tf.train.Checkpoint(model=model).restore(path)
+        status.expect_partial()  # an optimizer or step in the file is not wanted here...
+        status.assert_existing_objects_matched()  # ...but every model weight is
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"--init_from={source}: {path} does not hold this model's weights: "
+                         f"{str(e)[:500]}") from None
+    return path
+
+
+def _flag_text(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
+
+
 # ------------------------------------------------------------------------------------------ loop --
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
@@ -400,6 +456,12 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     if latest:
         checkpoint.restore(latest)
         logging.info("Resumed from %s at step %d", latest, int(step_var.numpy()))
+        if config.init_from:
+            logging.info("--init_from=%s ignored: resuming this run's own checkpoint",
+                         config.init_from)
+    elif config.init_from:
+        loaded = init_model_from(model, config.init_from, config.model_kwargs())
+        logging.info("Model weights from %s (--init_from); optimizer and step start fresh", loaded)
     start_step = int(step_var.numpy())
 
     # The data order is reseeded with the resume step: the tf.data iterator itself is not

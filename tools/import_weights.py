@@ -1,0 +1,52 @@
+"""Imports published FCN-8s weights (Caffe .caffemodel, or an .npz) into a workdir.
+
+    python tools/import_weights.py --weights=fcn8s-heavy-pascal.caffemodel \
+        --workdir=runs/fcn8s_caffe [--sha1=c449ea74dd7d83751d1357d6a8c323fcf4038962] [--overwrite]
+
+The workdir then holds model_config.json, checkpoints/ and export/1 as a training run would:
+`python -m fcn8s_tf.evaluate --model=runs/fcn8s_caffe/export ...` and `fcn8s_tf.predict` use it as
+it is, and `python -m fcn8s_tf.train --init_from=runs/fcn8s_caffe ...` fine-tunes from it. The
+reading and mapping live in fcn8s_tf/caffe.py; this file only reads flags.
+"""
+
+import sys
+
+from absl import app, flags
+
+from fcn8s_tf import caffe
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("weights", None, "The .caffemodel (e.g. fcn8s-heavy-pascal.caffemodel) or "
+                    ".npz (Chainer keys conv1_1/W, or PyTorch keys conv1_1.weight).",
+                    required=True)
+flags.DEFINE_string("workdir", None, "Directory to create (model_config.json, checkpoints/, "
+                    "export/).", required=True)
+flags.DEFINE_string("sha1", None, "Expected SHA-1 of --weights, checked before reading it.")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty --workdir (only once the new one is "
+                  "complete).")
+flags.DEFINE_list("skip_scales", None, "pool4,pool3 skip scales, only for an .npz without "
+                  "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for the "
+                  "staged one. A .caffemodel carries its own.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    skip_scales = None
+    if FLAGS.skip_scales is not None:
+        try:
+            skip_scales = [float(v) for v in FLAGS.skip_scales]
+        except ValueError:
+            raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got "
+                                 f"{FLAGS.skip_scales}")
+    try:
+        caffe.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
+                             overwrite=FLAGS.overwrite, skip_scales=skip_scales)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"import_weights: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -44,6 +44,7 @@ from fcn8s_tf.voc import IGNORE_LABEL
 
 DEFAULT_CROP_SIZE = (321, 321)
 DEFAULT_SCALE_RANGE = (0.5, 1.3)
+DEFAULT_FLIP_PROB = 0.5
 
 SeedLike = Union[int, Sequence[int], tf.Tensor]
 
@@ -144,7 +145,8 @@ def _uniform(shape, seed: Optional[SeedLike], rng: Optional[tf.random.Generator]
 
 
 def sample_params(batch_size, image_size, crop_size: Tuple[int, int] = DEFAULT_CROP_SIZE,
-                  scale_range: Tuple[float, float] = DEFAULT_SCALE_RANGE, flip_prob: float = 0.5,
+                  scale_range: Tuple[float, float] = DEFAULT_SCALE_RANGE,
+                  flip_prob: float = DEFAULT_FLIP_PROB,
                   seed: Optional[SeedLike] = None,
                   rng: Optional[tf.random.Generator] = None):
     """Draws per-sample (scales, flips, offsets) for transform_batch.
@@ -171,7 +173,7 @@ def sample_params(batch_size, image_size, crop_size: Tuple[int, int] = DEFAULT_C
 def augment_batch(images: tf.Tensor, labels: tf.Tensor,
                   crop_size: Tuple[int, int] = DEFAULT_CROP_SIZE,
                   scale_range: Tuple[float, float] = DEFAULT_SCALE_RANGE,
-                  flip_prob: float = 0.5, seed: Optional[SeedLike] = None,
+                  flip_prob: float = DEFAULT_FLIP_PROB, seed: Optional[SeedLike] = None,
                   rng: Optional[tf.random.Generator] = None,
                   dtype: tf.DType = tf.float32) -> Tuple[tf.Tensor, tf.Tensor]:
     """Random scale + horizontal flip + crop/pad, then RGB->BGR and mean subtraction.

@@ -335,6 +335,7 @@ def _text_hint(buf) -> str:
 
 # ------------------------------------------------------------------------------------ npz --
 # Key suffixes of (weight, bias) per convention; the prefix is the Caffe layer name.
+IMPORTED_FROM_FILE = "imported_from.json"  # what a workdir was imported from
 NPZ_KEY_STYLES = {"Chainer": ("/W", "/b"), "PyTorch": (".weight", ".bias")}
 _NPY_VERSIONS = ((1, 0), (2, 0))
 # Deflate cannot expand data by more than ~1032x: a larger declared size is a lie (zip bomb).
@@ -734,7 +735,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
                    log=print) -> Tuple[ImportedFCN8s, str]:
     """Reads published FCN-8s weights and writes a workdir the rest of the project understands.
 
-    The workdir gets what fcn8s_tf.train writes and export.load_model_from_workdir reads:
+    The workdir gets what fcn8s_tf.train writes and fcn8s_tf.workdir.load_model reads:
     model_config.json (build_fcn8s arguments), checkpoints/ckpt-0 (tf.train.Checkpoint(model=)),
     and export/1 (the TF Serving SavedModel of export.export_saved_model), plus imported_from.json
     (the file, its SHA-1 and what was read). It is written into a temporary sibling and renamed
@@ -771,24 +772,24 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
 
     import tensorflow as tf
     from fcn8s_tf import export as export_lib
+    from fcn8s_tf import workdir as workdir_lib
 
     parent = os.path.dirname(workdir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.tmp-", dir=parent)
     try:
-        # The names fcn8s_tf.train writes and export.load_model_from_workdir reads.
-        with open(os.path.join(tmp, "model_config.json"), "w") as f:
-            json.dump(imported.model_kwargs(), f, indent=2)
-        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
-                                             os.path.join(tmp, "checkpoints"), max_to_keep=1)
+        workdir_lib.write_model_config(tmp, imported.model_kwargs())
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model), workdir_lib.path(tmp, workdir_lib.CHECKPOINT_DIR),
+            max_to_keep=1)
         manager.save(checkpoint_number=0)
-        export_dir = export_lib.export_saved_model(model, os.path.join(tmp, "export"))
-        with open(os.path.join(tmp, "imported_from.json"), "w") as f:
-            json.dump({"weights": os.path.abspath(weights_path), "sha1": digest,
-                       "format": imported.format, "num_classes": imported.num_classes,
-                       "fc_units": imported.fc_units, "skip_scales": list(imported.skip_scales),
-                       "scale_notes": imported.scale_notes,
-                       "layers": imported.layer_names}, f, indent=2)
+        export_dir = export_lib.export_saved_model(
+            model, workdir_lib.path(tmp, workdir_lib.EXPORT_DIR))
+        workdir_lib.write_json(os.path.join(tmp, IMPORTED_FROM_FILE), {
+            "weights": os.path.abspath(weights_path), "sha1": digest, "format": imported.format,
+            "num_classes": imported.num_classes, "fc_units": imported.fc_units,
+            "skip_scales": list(imported.skip_scales), "scale_notes": imported.scale_notes,
+            "layers": imported.layer_names})
         _replace_dir(tmp, workdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

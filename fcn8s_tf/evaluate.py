@@ -1,4 +1,4 @@
-"""Evaluation: the reference FCN scores of a SavedModel or a training run over a split's records.
+"""Evaluation: the one loop that scores a model over a split, and what it reports.
 
     python -m fcn8s_tf.evaluate --model=runs/voc/export --data='data/tfrecords/val-*.tfrecord' \
         --output_dir=runs/voc/eval [--num_classes=21] [--confusion_png] [--save_predictions=20]
@@ -8,68 +8,77 @@ highest numeric version is used; its `serving_uint8` signature is called) or a t
 (`model_config.json` + `checkpoints/`: the FCN-8s is rebuilt and its newest checkpoint restored).
 
 Each image is segmented alone at its original resolution (no resizing, no padding) and one confusion
-matrix is accumulated over the whole split (metrics.py has the definitions). Writes
+matrix is accumulated over the whole split (metrics.py has the definitions). Training calls the same
+`evaluate()` with hooks for its loss and TensorBoard pictures. The CLI writes
 `<output_dir>/metrics.json`, and optionally `confusion_matrix.png` and coloured predictions
 `predictions/<id>.png` (palette PNGs: values are class ids, colours the VOC palette).
 """
 
+import math
 import os
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
 
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import predict as predict_lib
 from fcn8s_tf import serving
-from fcn8s_tf.voc import NUM_CLASSES, VOC_CLASSES
+from fcn8s_tf import voc
+from fcn8s_tf import workdir as workdir_lib
 
-# uint8 (H, W, 3) RGB image -> int32 (H, W) class ids.
-PredictFn = Callable[[tf.Tensor], tf.Tensor]
+# uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
+PredictFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
+# Called once per image: (index, image uint8 (H, W, 3), label uint8 (H, W, 1), outputs, filename).
+Hook = Callable[[int, tf.Tensor, tf.Tensor, Dict[str, tf.Tensor], str], None]
 
 
 # ------------------------------------------------------------------------------------- models --
+def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
+    """The predict function of an in-memory Keras FCN-8s (one trace, any image size)."""
+    from fcn8s_tf import model as model_lib  # Keras only when a Keras model is evaluated
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def predict_fn(image):
+        logits = model(model_lib.preprocess(image[tf.newaxis]), training=False)[0]
+        outputs = {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+        if with_logits:
+            outputs["logits"] = tf.cast(logits, tf.float32)
+        return outputs
+
+    return predict_fn
+
+
 def saved_model_predict_fn(export_dir: str) -> PredictFn:
     """Wraps the `serving_uint8` signature (images uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
     loaded = tf.saved_model.load(export_dir)
     if serving.SIGNATURE_UINT8 not in loaded.signatures:
-        raise ValueError(f"{export_dir}: the SavedModel has no 'serving_uint8' signature "
-                         f"(it has {sorted(loaded.signatures)})")
+        raise ValueError(f"{export_dir}: the SavedModel has no {serving.SIGNATURE_UINT8!r} "
+                         f"signature (it has {sorted(loaded.signatures)})")
     signature = loaded.signatures[serving.SIGNATURE_UINT8]
 
     def predict_fn(image):
-        return signature(images=image[tf.newaxis])["labels"][0]
+        outputs = signature(**{serving.UINT8_INPUT: image[tf.newaxis]})
+        return {"labels": outputs["labels"][0]}
 
     predict_fn.loaded = loaded  # a signature holds its variables only weakly: keep them alive
+    probabilities = signature.structured_outputs.get("probabilities")
+    channels = None if probabilities is None else probabilities.shape[-1]
+    predict_fn.num_classes = None if channels is None else int(channels)
     return predict_fn
 
 
-def checkpoint_predict_fn(workdir: str, num_classes: Optional[int] = None) -> Tuple[PredictFn, str]:
-    """A predict function for a training workdir's newest checkpoint.
+def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[int]]:
+    """A predict function for a SavedModel or a training workdir.
 
-    Loading, and its errors, are `export.load_model_from_workdir`'s. Returns (predict_fn, the path
-    of the checkpoint restored).
-    """
-    from fcn8s_tf import export  # the Keras model only when a checkpoint is evaluated
-    from fcn8s_tf import model as model_lib
-
-    model, latest = export.load_model_from_workdir(workdir, num_classes)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    def predict_fn(image):
-        logits = model(model_lib.preprocess(image[tf.newaxis]), training=False)
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)[0]
-
-    return predict_fn, latest
-
-
-def load_predict_fn(model_path: str, num_classes: Optional[int] = None) -> Tuple[PredictFn, str]:
-    """A predict function for a SavedModel or a training workdir, and a description of what loaded.
-
+    Returns:
+      (predict_fn, a description of what loaded, the model's number of classes or None when a
+      SavedModel does not say).
     Raises:
       FileNotFoundError: model_path does not exist, or a workdir without checkpoint.
       ValueError: model_path is neither a SavedModel nor a training workdir.
@@ -78,32 +87,35 @@ def load_predict_fn(model_path: str, num_classes: Optional[int] = None) -> Tuple
         raise FileNotFoundError(f"{model_path}: no such file or directory")
     export_dir = serving.find_saved_model(model_path)
     if export_dir is not None:
-        return saved_model_predict_fn(export_dir), f"SavedModel {export_dir}"
+        predict_fn = saved_model_predict_fn(export_dir)
+        return predict_fn, f"SavedModel {export_dir}", predict_fn.num_classes
     workdir = model_path
-    if (not tf.io.gfile.exists(os.path.join(workdir, "model_config.json"))
-            and os.path.basename(os.path.normpath(workdir)) == "checkpoints"):
+    config_file = workdir_lib.CONFIG_FILE
+    if (not tf.io.gfile.exists(os.path.join(workdir, config_file))
+            and os.path.basename(os.path.normpath(workdir)) == workdir_lib.CHECKPOINT_DIR):
         workdir = os.path.dirname(os.path.normpath(workdir))  # <workdir>/checkpoints given
-    if tf.io.gfile.exists(os.path.join(workdir, "model_config.json")):
-        predict_fn, checkpoint = checkpoint_predict_fn(workdir, num_classes)
-        return predict_fn, f"checkpoint {checkpoint}"
+    if tf.io.gfile.exists(os.path.join(workdir, config_file)):
+        model, checkpoint = workdir_lib.load_model(workdir)
+        return model_predict_fn(model), f"checkpoint {checkpoint}", model.output_shape[-1]
     raise ValueError(f"{model_path} is neither a SavedModel (saved_model.pb in it, or in "
-                     "a numeric version subdirectory) nor a training workdir (model_config.json "
-                     "and checkpoints/)")
+                     f"a numeric version subdirectory) nor a training workdir ({config_file} "
+                     f"and {workdir_lib.CHECKPOINT_DIR}/)")
 
 
 # --------------------------------------------------------------------------------- evaluation --
 def evaluate(predict_fn: PredictFn, dataset: tf.data.Dataset, num_classes: int, *,
-             prediction_dir: Optional[str] = None, save_predictions: int = 0,
-             log_every: int = 100, print_fn=print) -> Tuple[Dict, np.ndarray]:
+             max_images: int = 0, hooks: Sequence[Hook] = (), log_every: int = 100,
+             print_fn=print) -> Tuple[Dict[str, Any], np.ndarray]:
     """Segments every image of `dataset` and scores the split with one confusion matrix.
 
     Args:
-      predict_fn: uint8 (H, W, 3) RGB image -> (H, W) integer class ids.
+      predict_fn: uint8 (H, W, 3) RGB image -> {"labels": (H, W) integer class ids, ...}.
       dataset: unbatched (image uint8 (H, W, 3), label uint8 (H, W, 1), filename string), e.g.
         input_pipeline.eval_dataset(pattern).
       num_classes: C; labels outside [0, C) (255) are not counted.
-      prediction_dir: where the coloured predictions go (with save_predictions > 0).
-      save_predictions: write `<prediction_dir>/<filename id>.png` for the first N images.
+      max_images: score only the first N images (0: all).
+      hooks: called with every image and its outputs (training computes its loss and keeps
+        TensorBoard pictures this way; the CLI saves coloured predictions).
       log_every: a progress line every N images (0: none).
       print_fn: where progress lines go.
     Returns:
@@ -112,44 +124,188 @@ def evaluate(predict_fn: PredictFn, dataset: tf.data.Dataset, num_classes: int, 
     Raises:
       ValueError: a prediction's size differs from its label's, or the split holds no pixel.
     """
-    if save_predictions and not prediction_dir:
-        raise ValueError("save_predictions needs a prediction_dir")
-    if save_predictions:
-        os.makedirs(prediction_dir, exist_ok=True)
+    if max_images:
+        dataset = dataset.take(max_images)
     cm = np.zeros((num_classes, num_classes), np.int64)
     start = time.perf_counter()
     count = 0
     for image, label, filename in dataset:
-        prediction = predict_fn(image)
+        outputs = predict_fn(image)
+        prediction = outputs["labels"]
         name = filename.numpy().decode("utf-8", errors="replace")
         if tuple(prediction.shape) != tuple(label.shape[:2]):
             raise ValueError(f"{name or f'image {count}'}: prediction of shape "
                              f"{tuple(prediction.shape)} for a label of shape "
                              f"{tuple(label.shape[:2])}")
         cm += metrics.confusion_matrix(label, prediction, num_classes).numpy()
-        if count < save_predictions:
-            stem = os.path.splitext(os.path.basename(name))[0] or f"{count:06d}"
-            predict_lib.write_mask_png(np.asarray(prediction),
-                                       os.path.join(prediction_dir, f"{stem}.png"))
+        for hook in hooks:
+            hook(count, image, label, outputs, name)
         count += 1
         if log_every and count % log_every == 0:
-            elapsed = time.perf_counter() - start
-            print_fn(f"evaluated {count} images, {count / elapsed:.2f} images/s")
+            print_fn(f"evaluated {count} images, {count / (time.perf_counter() - start):.2f} "
+                     "images/s")
     if count == 0:
         raise ValueError("the dataset holds no image")
-    elapsed = time.perf_counter() - start
     if log_every and count % log_every:
-        print_fn(f"evaluated {count} images, {count / elapsed:.2f} images/s")
+        print_fn(f"evaluated {count} images, {count / (time.perf_counter() - start):.2f} images/s")
     result = metrics.scores(cm)
     result["num_images"] = count
     return result, cm
 
 
+def save_predictions_hook(directory: str, count: int) -> Hook:
+    """A hook writing `<directory>/<filename id>.png` (palette PNG) for the first `count` images."""
+    os.makedirs(directory, exist_ok=True)
+
+    def hook(index, image, label, outputs, name):
+        if index < count:
+            stem = os.path.splitext(os.path.basename(name))[0] or f"{index:06d}"
+            predict_lib.write_mask_png(np.asarray(outputs["labels"]), os.path.join(directory, f"{stem}.png"))
+
+    return hook
+
+
 def class_names_for(num_classes: int) -> Sequence[str]:
     """VOC names for the 21 VOC classes, class_<i> otherwise."""
-    if num_classes == NUM_CLASSES:
-        return VOC_CLASSES
+    if num_classes == voc.NUM_CLASSES:
+        return voc.VOC_CLASSES
     return [f"class_{i}" for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------- reporting --
+def metrics_payload(result: Dict[str, Any], class_names: Sequence[str],
+                    **extra: Any) -> Dict[str, Any]:
+    """The scores plus "per_class": {name: {"iou", "accuracy", "gt_pixels"}} and `extra`."""
+    if len(class_names) != len(result["per_class_iou"]):
+        raise ValueError(f"{len(class_names)} class names for "
+                         f"{len(result['per_class_iou'])} classes")
+    payload = dict(result)
+    payload["per_class"] = {
+        name: {"iou": iou, "accuracy": acc, "gt_pixels": pixels}
+        for name, iou, acc, pixels in zip(class_names, result["per_class_iou"],
+                                          result["per_class_accuracy"],
+                                          result["per_class_gt_pixels"])}
+    payload.update(extra)
+    return payload
+
+
+def summary_line(result: Dict[str, Any]) -> str:
+    """One line with the four headline numbers."""
+    return (f"mean IU {result['mean_iou']:.4f} | pixel acc {result['pixel_accuracy']:.4f} | "
+            f"mean acc {result['mean_accuracy']:.4f} | "
+            f"fw IU {result['frequency_weighted_iou']:.4f}")
+
+
+def format_table(result: Dict[str, Any], class_names: Sequence[str]) -> str:
+    """A per-class table (IU, accuracy, GT pixels) followed by the summary numbers.
+
+    Classes with an empty union show "-" (they are not in the mean).
+    """
+    iou = result["per_class_iou"]
+    if len(class_names) != len(iou):
+        raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
+    width = max(14, max(len(name) for name in class_names))  # >= len("pixel accuracy")
+    fmt = lambda v: "     -" if v is None else f"{v:6.4f}"  # noqa: E731
+    lines = [f"{'class':<{width}}  {'IU':>6}  {'acc':>6}  {'GT pixels':>12}",
+             "-" * (width + 32)]
+    for name, class_iou, class_acc, pixels in zip(class_names, iou, result["per_class_accuracy"],
+                                                  result["per_class_gt_pixels"]):
+        lines.append(f"{name:<{width}}  {fmt(class_iou)}  {fmt(class_acc)}  {pixels:>12d}")
+    lines.append("-" * (width + 32))
+    lines.append(f"{'pixel accuracy':<{width}}  {result['pixel_accuracy']:6.4f}")
+    lines.append(f"{'mean accuracy':<{width}}  {result['mean_accuracy']:6.4f}")
+    lines.append(f"{'mean IU':<{width}}  {result['mean_iou']:6.4f}"
+                 f"   (over {result['num_classes_in_mean_iou']} classes with a non-empty union)")
+    lines.append(f"{'fw IU':<{width}}  {result['frequency_weighted_iou']:6.4f}")
+    return "\n".join(lines)
+
+
+
+_LOW = np.array([247, 251, 255], np.float64)    # white-blue for 0
+_HIGH = np.array([8, 48, 107], np.float64)      # dark blue for 1
+_EMPTY_ROW = (220, 220, 220)                    # rows with no GT pixel
+
+
+def _shade(fraction: float):
+    return tuple(int(round(c)) for c in _LOW + (_HIGH - _LOW) * fraction)
+
+
+def confusion_matrix_png(cm: np.ndarray, path: str, class_names: Sequence[str],
+                         cell: int = 24) -> None:
+    """Draws the row-normalised confusion matrix as a PNG heat map.
+
+    Each row (a ground-truth class) is divided by its pixel count, so cell [i, j] is the fraction
+    of class i's pixels predicted as j; the diagonal is the per-class accuracy. Cells show the
+    percentage when it is at least 1%; rows without GT pixels are grey. A colour bar on the right
+    maps 0..100%.
+
+    Args:
+      cm: (C, C) counts, rows = ground truth.
+      path: where to write the PNG.
+      class_names: C names for the axes.
+      cell: cell size in pixels.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    n = cm.shape[0]
+    if len(class_names) != n:
+        raise ValueError(f"{len(class_names)} class names for a {n}x{n} confusion matrix")
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
+
+    font = ImageFont.load_default()
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = lambda s: int(math.ceil(scratch.textlength(s, font=font)))  # noqa: E731
+    name_w = max(text_w(name) for name in class_names) + 8
+    title_h = 16
+    left, top = name_w + 14, name_w + title_h
+    bar_w, gap = 14, 16
+    right = gap + bar_w + text_w("100%") + 8
+    bottom = 24
+    width = left + n * cell + right
+    height = top + n * cell + bottom
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+
+    # Axis titles.
+    draw.text((left, 2), "columns: prediction", fill="black", font=font)
+    draw.text((2, top + n * cell + 6), "rows: ground truth (row-normalised)", fill="black",
+              font=font)
+    # Row labels (ground truth) and rotated column labels (prediction).
+    for i, name in enumerate(class_names):
+        draw.text((left - 6 - text_w(name), top + i * cell + (cell - 10) // 2), name,
+                  fill="black", font=font)
+        label = Image.new("L", (name_w, cell), 0)
+        ImageDraw.Draw(label).text((4, (cell - 10) // 2), name, fill=255, font=font)
+        label = label.rotate(90, expand=True)  # reads bottom-to-top
+        image.paste((0, 0, 0), (left + i * cell, title_h, left + (i + 1) * cell,
+                                title_h + name_w), label)
+    # Cells.
+    for i in range(n):
+        for j in range(n):
+            x0, y0 = left + j * cell, top + i * cell
+            value = normalised[i, j]
+            colour = _EMPTY_ROW if np.isnan(value) else _shade(value)
+            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=colour,
+                           outline=(255, 255, 255))
+            if not np.isnan(value) and value >= 0.01:
+                text = f"{int(round(100 * value))}"
+                ink = "white" if value > 0.5 else "black"
+                draw.text((x0 + (cell - text_w(text)) // 2, y0 + (cell - 10) // 2), text,
+                          fill=ink, font=font)
+    # Colour bar: 100% at the top, 0% at the bottom.
+    bar_x = left + n * cell + gap
+    bar_h = n * cell
+    for y in range(bar_h):
+        draw.line((bar_x, top + y, bar_x + bar_w - 1, top + y),
+                  fill=_shade(1.0 - y / max(bar_h - 1, 1)))
+    draw.rectangle((bar_x, top, bar_x + bar_w - 1, top + bar_h - 1), outline="black")
+    draw.text((bar_x + bar_w + 4, top - 4), "100%", fill="black", font=font)
+    draw.text((bar_x + bar_w + 4, top + bar_h - 8), "0%", fill="black", font=font)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    image.save(path, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------- main --
@@ -159,33 +315,40 @@ def main(argv):
     FLAGS = flags.FLAGS
     try:
         dataset = input_pipeline.eval_dataset(FLAGS.data)
-        predict_fn, loaded = load_predict_fn(FLAGS.model, FLAGS.num_classes)
+        predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
+    num_classes = FLAGS.num_classes or model_classes or voc.NUM_CLASSES
+    if model_classes is not None and num_classes != model_classes:
+        raise SystemExit(f"fcn8s_tf.evaluate: error: --num_classes={FLAGS.num_classes} but "
+                         f"{FLAGS.model} predicts {model_classes} classes (leave --num_classes "
+                         "out to use the model's)")
     print(f"Evaluating {loaded} on {FLAGS.data}", flush=True)
 
+    hooks = []
+    if FLAGS.save_predictions:
+        hooks.append(save_predictions_hook(os.path.join(FLAGS.output_dir, "predictions"),
+                                           FLAGS.save_predictions))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
-        result, cm = evaluate(
-            predict_fn, dataset, FLAGS.num_classes,
-            prediction_dir=os.path.join(FLAGS.output_dir, "predictions"),
-            save_predictions=FLAGS.save_predictions,
-            print_fn=lambda line: print(line, flush=True))
+        result, cm = evaluate(predict_fn, dataset, num_classes, hooks=hooks,
+                              print_fn=lambda line: print(line, flush=True))
     except ValueError as e:  # wrong prediction size, no image, no labelled pixel
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
     except tf.errors.InvalidArgumentError as e:  # e.g. class ids >= --num_classes
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e.message}") from None
 
-    class_names = class_names_for(FLAGS.num_classes)
-    print(metrics.format_table(result, class_names))
-    print(f"{metrics.summary_line(result)} | {result['num_images']} images")
+    class_names = class_names_for(num_classes)
+    print(format_table(result, class_names))
+    print(f"{summary_line(result)} | {result['num_images']} images")
     json_path = os.path.join(FLAGS.output_dir, "metrics.json")
-    metrics.write_json(json_path, result, class_names=class_names, model=FLAGS.model,
-                       model_loaded=loaded, data=FLAGS.data, confusion_matrix=cm)
+    workdir_lib.write_json(json_path, metrics_payload(
+        result, class_names, model=FLAGS.model, model_loaded=loaded, data=FLAGS.data,
+        confusion_matrix=cm))
     print(f"Wrote {json_path}")
     if FLAGS.confusion_png:
         png_path = os.path.join(FLAGS.output_dir, "confusion_matrix.png")
-        metrics.confusion_matrix_png(cm, png_path, class_names)
+        confusion_matrix_png(cm, png_path, class_names)
         print(f"Wrote {png_path}")
     if FLAGS.save_predictions:
         print(f"Wrote {min(FLAGS.save_predictions, result['num_images'])} predictions in "
@@ -199,8 +362,8 @@ def define_flags() -> None:
     flags.DEFINE_string("data", None, "File pattern of the TFRecords to evaluate on.",
                         required=True)
     flags.DEFINE_string("output_dir", None, "Where metrics.json (and the PNGs) go.", required=True)
-    flags.DEFINE_integer("num_classes", NUM_CLASSES, "Classes including background.",
-                         lower_bound=1)
+    flags.DEFINE_integer("num_classes", None, "Classes including background; default: the "
+                         "model's. Any other value is an error.", lower_bound=1)
     flags.DEFINE_bool("confusion_png", False, "Also write confusion_matrix.png (row-normalised).")
     flags.DEFINE_integer("save_predictions", 0, "Write coloured predictions of the first N "
                          "images to <output_dir>/predictions/<id>.png.", lower_bound=0)

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import serving
+from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf import voc
 
 
@@ -79,53 +80,13 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     return final
 
 
-def load_model_from_workdir(workdir: str, num_classes: Optional[int] = None):
-    """Rebuilds the FCN-8s of a training workdir and restores its newest checkpoint.
-
-    Args:
-      workdir: holds model_config.json (build_fcn8s keyword arguments) and checkpoints/ (written
-        by fcn8s_tf.train's tf.train.CheckpointManager).
-      num_classes: if given, must equal the config's.
-    Returns:
-      (model, path of the checkpoint restored).
-    Raises:
-      FileNotFoundError: no model_config.json or no checkpoint.
-      ValueError: num_classes disagrees with the config, or the checkpoint does not fit the model.
-    """
-    config_path = os.path.join(workdir, "model_config.json")
-    if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: not found (a training workdir has "
-                                "model_config.json and checkpoints/)")
-    with tf.io.gfile.GFile(config_path) as f:
-        config = json.load(f)
-    config.pop("weights", None)  # the checkpoint supplies every weight
-    config_classes = config.get("num_classes", voc.NUM_CLASSES)
-    if num_classes is not None and num_classes != config_classes:
-        raise ValueError(f"num_classes={num_classes} was asked for but {config_path} says "
-                         f"num_classes={config_classes}")
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint found")
-    model = model_lib.build_fcn8s(weights=None, **config)
-    try:
-        status = tf.train.Checkpoint(model=model).restore(latest)
-        status.expect_partial()  # the optimizer and step are in the file, not needed here
-        status.assert_existing_objects_matched()  # ...but every model weight must be
-    except (AssertionError, ValueError) as e:  # a missing weight, or one of another shape
-        raise ValueError(f"{latest} does not hold the weights of the model in {config_path}: "
-                         f"{str(e)[:500]}") from None
-    logging.info("Restored %s", latest)
-    return model, latest
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
-    export_base = FLAGS.export_dir or os.path.join(FLAGS.workdir, "export")
+    export_base = FLAGS.export_dir or workdir_lib.path(FLAGS.workdir, workdir_lib.EXPORT_DIR)
     try:
-        model, _ = load_model_from_workdir(FLAGS.workdir)
+        model, _ = workdir_lib.load_model(FLAGS.workdir)
         path = export_saved_model(model, export_base, FLAGS.version,
                                   max_image_pixels=FLAGS.max_image_pixels)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

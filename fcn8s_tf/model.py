@@ -17,6 +17,7 @@ index t at 16 t - 91.5, so t = u + 5; likewise 9 for score_pool3 and 31 for the 
 every input size (tests/test_model.py checks this on the built graph and by behaviour).
 """
 
+import inspect
 import os
 
 import h5py
@@ -140,6 +141,11 @@ def _score(x, num_classes: int, name: str):
     return keras.layers.Conv2D(
         num_classes, 1, kernel_initializer="zeros", bias_initializer="zeros", name=name
     )(x)
+
+
+def default_kwargs() -> dict:
+    """build_fcn8s's default arguments (the paper's net): the one source for other modules."""
+    return {name: p.default for name, p in inspect.signature(build_fcn8s).parameters.items()}
 
 
 def build_fcn8s(

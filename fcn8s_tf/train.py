@@ -11,7 +11,6 @@ Stages below: config, strategy, input, model + optimizer, update step, evaluatio
 the loop.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -21,99 +20,19 @@ import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app
-from absl import flags
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from fcn8s_tf import augment
+from fcn8s_tf import evaluate as evaluate_lib
 from fcn8s_tf import export as export_lib
-from fcn8s_tf import flags as _flags  # noqa: F401  (defines the training flags)
+from fcn8s_tf import flags as flags_lib
 from fcn8s_tf import input_pipeline
-from fcn8s_tf import metrics
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import voc
-
-FLAGS = flags.FLAGS
-
-
-# ---------------------------------------------------------------------------------------- config --
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on; built from flags by main(), or directly by tests."""
-    train_data: str
-    workdir: str
-    val_data: str = ""
-    base_size: int = 321
-    crop_size: int = 321
-    scale_range: Tuple[float, float] = (0.5, 1.3)
-    flip_prob: float = 0.5
-    shuffle_buffer: int = 1000
-    num_classes: int = voc.NUM_CLASSES
-    backbone_weights: Optional[str] = "imagenet"
-    init_from: Optional[str] = None
-    fc_units: int = 4096
-    learnable_upsampling: bool = False
-    dropout_rate: float = 0.5
-    skip_scales: Tuple[float, float] = (model_lib.POOL4_SCALE, model_lib.POOL3_SCALE)
-    train_backbone: bool = True
-    fixed_input_shape: bool = True
-    train_steps: int = 0
-    epochs: float = 0.0
-    batch_size: int = 8
-    learning_rate: float = 1e-5
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    amsgrad: bool = False
-    precision: str = "float32"
-    xla: bool = False
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    eval_every: int = 2000
-    eval_max_images: int = 0
-    tb_images: int = 3
-    export: bool = True
-
-    def model_kwargs(self) -> Dict:
-        """The build_fcn8s arguments, also written to <workdir>/model_config.json."""
-        return dict(num_classes=self.num_classes, fc_units=self.fc_units,
-                    learnable_upsampling=self.learnable_upsampling, dropout_rate=self.dropout_rate,
-                    skip_scales=list(self.skip_scales), train_backbone=self.train_backbone)
-
-
-def config_from_flags() -> TrainConfig:
-    """Reads FLAGS into a TrainConfig, rejecting values the flag parser cannot check alone."""
-    try:
-        scale_range = tuple(float(v) for v in FLAGS.scale_range)
-    except ValueError:
-        raise app.UsageError(f"--scale_range must be two numbers min,max; got {FLAGS.scale_range}")
-    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-        raise app.UsageError(
-            f"--scale_range must be min,max with 0 < min <= max; got {scale_range}")
-    try:
-        skip_scales = tuple(float(v) for v in FLAGS.skip_scales)
-    except ValueError:
-        raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got "
-                             f"{FLAGS.skip_scales}")
-    if len(skip_scales) != 2:
-        raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got {skip_scales}")
-    if FLAGS.train_steps == 0 and FLAGS.epochs == 0:
-        raise app.UsageError("Set --train_steps or --epochs (both are 0).")
-    weights = FLAGS.backbone_weights
-    if weights.lower() == "none":
-        weights = None
-    kwargs = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)
-                        if f.name not in ("scale_range", "skip_scales", "backbone_weights")}
-    kwargs["val_data"] = kwargs["val_data"] or ""
-    return TrainConfig(scale_range=scale_range, skip_scales=skip_scales, backbone_weights=weights,
-                       **kwargs)
+from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.config import TrainConfig
 
 
 # -------------------------------------------------------------------------------------- strategy --
@@ -294,44 +213,27 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
 
 
 # ------------------------------------------------------------------------------------ evaluation --
-def make_predict_fn(model: keras.Model) -> Callable:
-    """(1, H, W, 3) uint8 RGB -> (labels (1, H, W) int32, logits float32); one trace, any size."""
+class _LossAndPictures:
+    """Evaluation hook: masked cross-entropy over the split, and the first `keep` images for TB."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    def predict(images):
-        logits = model(model_lib.preprocess(images), training=False)  # layers cast as they need
-        return tf.argmax(logits, axis=-1, output_type=tf.int32), logits
+    def __init__(self, keep: int):
+        self.keep, self.kept = keep, []
+        self.loss_sum = self.pixels = 0.0
 
-    return predict
+    def __call__(self, index, image, label, outputs, name):
+        loss_sum, count = masked_cross_entropy(outputs["logits"][tf.newaxis], label[tf.newaxis])
+        self.loss_sum += float(loss_sum)
+        self.pixels += float(count)
+        if index < self.keep:
+            self.kept.append((image, label, outputs["labels"], name))
 
-
-def run_evaluation(predict: Callable, config: TrainConfig, keep: int = 0) -> Tuple[Dict, list]:
-    """Loss and the reference metrics over the validation records at original resolution.
-
-    Returns the metrics and, for the first `keep` images, (image, label, prediction, name): the
-    TensorBoard pictures reuse them instead of predicting those images again.
-    """
-    dataset = input_pipeline.eval_dataset(config.val_data)
-    if config.eval_max_images:
-        dataset = dataset.take(config.eval_max_images)
-    cm = np.zeros((config.num_classes, config.num_classes), np.int64)
-    loss_sum = pixels = 0.0
-    kept = []
-    for image, label, name in dataset:
-        labels, logits = predict(image[tf.newaxis])
-        batch_sum, batch_count = masked_cross_entropy(logits, label[tf.newaxis])
-        loss_sum += float(batch_sum)
-        pixels += float(batch_count)
-        cm += metrics.confusion_matrix(label[..., 0], labels[0], config.num_classes).numpy()
-        if len(kept) < keep:
-            kept.append((image, label, labels[0], name))
-    result = metrics.scores(cm)
-    result["loss"] = loss_sum / max(pixels, 1.0)
-    return result, kept
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.pixels, 1.0)
 
 
 def write_eval_images(writer, examples: list, step: int) -> None:
-    """Input, ground truth and prediction in the VOC palette, from run_evaluation's kept images."""
+    """Input, ground truth and prediction in the VOC palette, from _LossAndPictures's images."""
     palette = tf.constant(voc.VOC_PALETTE)
     with writer.as_default(step=step):
         for i, (image, label, prediction, name) in enumerate(examples):
@@ -339,7 +241,7 @@ def write_eval_images(writer, examples: list, step: int) -> None:
             pred = tf.gather(palette, prediction)
             panel = tf.concat([image, truth, pred], axis=1)[tf.newaxis]
             tf.summary.image(f"val/{i}_input_truth_prediction", panel,
-                             description=f"{name.numpy().decode()}: input | truth | prediction")
+                             description=f"{name}: input | truth | prediction")
 
 
 # ----------------------------------------------------------------------------------- checkpoints --
@@ -347,51 +249,70 @@ def _checkpoint_dir(workdir: str, chief: bool) -> str:
     """Chief writes to <workdir>/checkpoints; other workers to a temp dir they delete (TF's recipe
     for MultiWorkerMirroredStrategy: every worker must take part in the save)."""
     if chief:
-        return os.path.join(workdir, "checkpoints")
+        return workdir_lib.path(workdir, workdir_lib.CHECKPOINT_DIR)
     return tempfile.mkdtemp(prefix="fcn8s_worker_ckpt_")
+
+
+def _prepare_workdir(config: TrainConfig, chief: bool, flags_text: str) -> None:
+    """Checks that a resumed workdir holds this net, then (chief) writes model_config and flags.
+
+    Runs before anything is written, so a mismatch leaves the workdir as it was.
+    """
+    if workdir_lib.latest_checkpoint(config.workdir):
+        differ = workdir_lib.model_config_differences(config.workdir, config.model_kwargs())
+        if differ:
+            raise ValueError(f"{config.workdir} holds a run of another net: {'; '.join(differ)}. "
+                             "Use those values to resume it, or another --workdir.")
+    if config.init_from:
+        init_checkpoint(config.init_from, config.model_kwargs())  # fail before writing
+    if not chief:
+        return
+    tf.io.gfile.makedirs(config.workdir)
+    workdir_lib.write_model_config(config.workdir, config.model_kwargs())
+    if flags_text:
+        with tf.io.gfile.GFile(workdir_lib.path(config.workdir, workdir_lib.FLAGS_FILE), "w") as f:
+            f.write(flags_text)
+
+
+def init_checkpoint(source: str, model_kwargs: Dict) -> str:
+    """The checkpoint `--init_from=source` names, after checking its net matches this run's.
+
+    Args:
+        source: a workdir (model_config.json + checkpoints/; its newest checkpoint), a directory of
+            checkpoints, or a checkpoint path (the prefix before .index).
+        model_kwargs: this run's build_fcn8s arguments (TrainConfig.model_kwargs()).
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: the source's model_config.json describes another net (num_classes, fc_units or
+            skip_scales: what the weights cannot fit or do not say).
+    """
+    if tf.io.gfile.exists(workdir_lib.path(source, workdir_lib.CONFIG_FILE)):
+        differ = workdir_lib.model_config_differences(source, model_kwargs)
+        if differ:
+            raise ValueError(f"--init_from={source} holds another net: {'; '.join(differ)}. "
+                             "Set those flags as its model_config.json says.")
+    if tf.io.gfile.isdir(source):
+        checkpoint_dir = workdir_lib.path(source, workdir_lib.CHECKPOINT_DIR)
+        if not tf.io.gfile.isdir(checkpoint_dir):
+            checkpoint_dir = source
+        path = tf.train.latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"--init_from={source}: no checkpoint in {checkpoint_dir}")
+        return path
+    if tf.io.gfile.exists(source + ".index"):
+        return source
+    raise FileNotFoundError(f"--init_from={source}: neither a workdir, a checkpoint directory, "
+                            f"nor a checkpoint ({source}.index does not exist)")
 
 
 def init_model_from(model: keras.Model, source: str, model_kwargs: Dict) -> str:
     """Loads the model weights (not the optimizer, not the step) of a workdir or checkpoint.
 
     For fine-tuning a run from another one, e.g. the published FCN-8s that
-    tools/import_weights.py writes. Where `source` is a workdir, its model_config.json must agree
-    with this run on what the weights alone do not say (skip_scales) or cannot fit otherwise.
-
-    Args:
-        model: the freshly built model (inside the strategy's scope).
-        source: a workdir (model_config.json + checkpoints/; its newest checkpoint), a directory of
-            checkpoints, or a checkpoint path (the prefix before .index).
-        model_kwargs: this run's build_fcn8s arguments (TrainConfig.model_kwargs()).
-    Returns:
-        The checkpoint path loaded.
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        ValueError: the source's model_config.json disagrees, or a model weight is missing from
-            the checkpoint or has another shape.
+    tools/import_weights.py writes. Returns the checkpoint path loaded; raises as init_checkpoint,
+    and ValueError when a model weight is missing from the checkpoint or has another shape.
     """
-    config_path = os.path.join(source, "model_config.json")
-    if tf.io.gfile.exists(config_path):
-        with tf.io.gfile.GFile(config_path) as f:
-            source_kwargs = json.load(f)
-        differ = [f"--{key}={_flag_text(model_kwargs[key])} here, {_flag_text(source_kwargs[key])}"
-                  f" there" for key in ("num_classes", "fc_units", "skip_scales")
-                  if key in source_kwargs and source_kwargs[key] != model_kwargs[key]]
-        if differ:
-            raise ValueError(f"--init_from={source}: {config_path} describes another net: "
-                             f"{'; '.join(differ)}. Set those flags as {config_path} says.")
-    if tf.io.gfile.isdir(source):
-        checkpoint_dir = os.path.join(source, "checkpoints")
-        if not tf.io.gfile.isdir(checkpoint_dir):
-            checkpoint_dir = source
-        path = tf.train.latest_checkpoint(checkpoint_dir)
-        if path is None:
-            raise FileNotFoundError(f"--init_from={source}: no checkpoint in {checkpoint_dir}")
-    elif tf.io.gfile.exists(source + ".index"):
-        path = source
-    else:
-        raise FileNotFoundError(f"--init_from={source}: neither a workdir, a checkpoint "
-                                f"directory, nor a checkpoint ({source}.index does not exist)")
+    path = init_checkpoint(source, model_kwargs)
     try:
         status = tf.train.Checkpoint(model=model).restore(path)
         status.expect_partial()  # an optimizer or step in the file is not wanted here...
@@ -402,18 +323,69 @@ def init_model_from(model: keras.Model, source: str, model_kwargs: Dict) -> str:
     return path
 
 
-def _flag_text(value) -> str:
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)
-
-
 # ------------------------------------------------------------------------------------------ loop --
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf."""
 
 
+class _InTrainingEval:
+    """Evaluates the training model with the one evaluator (fcn8s_tf/evaluate.py) and logs it.
+
+    Uses an any-size float32 twin of the model (export.serving_twin), built at first use and kept
+    in sync by copying the weights; the export at the end reuses it.
+    """
+
+    def __init__(self, model: keras.Model, config: TrainConfig, writer, chief: bool):
+        self.model, self.config, self.writer, self.chief = model, config, writer, chief
+        self.twin = self.predict_fn = None
+        self.class_names = evaluate_lib.class_names_for(config.num_classes)
+        self.split_size = None  # images in the validation split, counted once if needed
+
+    def __call__(self, step: int) -> Dict:
+        config = self.config
+        if self.twin is None:
+            self.twin = export_lib.serving_twin(self.model, config.model_kwargs())
+            self.predict_fn = evaluate_lib.model_predict_fn(self.twin, with_logits=True)
+        elif self.twin is not self.model:
+            self.twin.set_weights(self.model.get_weights())
+        hook = _LossAndPictures(config.tb_images if self.chief else 0)
+        t0 = time.time()
+        result, _ = evaluate_lib.evaluate(
+            self.predict_fn, input_pipeline.eval_dataset(config.val_data), config.num_classes,
+            max_images=config.eval_max_images, hooks=[hook], log_every=0)
+        result["loss"] = hook.loss
+        logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  on %s  (%.0f s)", step,
+                     result["loss"], result["mean_iou"], result["pixel_accuracy"],
+                     self._scope(result["num_images"]), time.time() - t0)
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss", result["loss"])
+            for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"):
+                tf.summary.scalar(key, result[key])
+            for name, iou in zip(self.class_names, result["per_class_iou"]):
+                if iou is not None:
+                    tf.summary.scalar(f"iou/{name}", iou)
+        if hook.kept:
+            write_eval_images(self.writer, hook.kept, step)
+        return result
+
+    def _scope(self, scored: int) -> str:
+        """'all 48 images', or '12 of 48 images (--eval_max_images=12)'."""
+        if not self.config.eval_max_images:
+            return f"all {scored} images"
+        if self.split_size is None:
+            self.split_size = count_examples(self.config.val_data)
+        if scored >= self.split_size:
+            return f"all {scored} images"
+        return (f"{scored} of {self.split_size} images "
+                f"(--eval_max_images={self.config.eval_max_images})")
+
+
 def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
           flags_text: str = "") -> Dict:
     """Trains (or resumes) a run in config.workdir; returns the last metrics and paths.
+
+    Keras's mixed-precision policy is process-global: it is set to config.precision for the run
+    and restored afterwards, so models built later in the same process are not affected.
 
     Args:
         config: the run's settings.
@@ -421,38 +393,43 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         flags_text: the resolved flags (flagfile syntax); the chief writes them to
             <workdir>/flags.txt so the run can be replayed with --flagfile.
     Returns:
-        dict with "step", "loss", "eval" (the last metrics or None) and "export" (path or None).
+        dict with "step", "loss", "eval" (the last metrics or None), "export" (path or None) and
+        "finished_before" (True when the workdir already held the final step: nothing was done).
     """
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        return _train(config, devices, flags_text)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: str) -> Dict:
+    """train() under the run's precision policy."""
+    # --- strategy and settings: everything that can be wrong fails before the workdir changes.
     strategy = make_strategy(devices)
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} does not divide evenly over {replicas} "
                          f"replicas; use a multiple of {replicas}.")
-    if config.precision != "float32":
-        keras.mixed_precision.set_global_policy(config.precision)
     input_pipeline.list_files(config.train_data)  # fail on a bad pattern before building
     if config.val_data:
         input_pipeline.list_files(config.val_data)
     total_steps = resolve_train_steps(config)
-    tf.io.gfile.makedirs(config.workdir)
-    if chief:
-        _write_json(os.path.join(config.workdir, "model_config.json"), config.model_kwargs())
-        if flags_text:
-            with tf.io.gfile.GFile(os.path.join(config.workdir, "flags.txt"), "w") as f:
-                f.write(flags_text)
+    _prepare_workdir(config, chief, flags_text)
     logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
                  type(strategy).__name__, replicas, total_steps, config.batch_size,
                  config.precision)
 
+    # --- model, optimizer, checkpoint (resume, or start from --init_from).
     with strategy.scope():
         model, optimizer = build_model_and_optimizer(config, total_steps)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     ckpt_dir = _checkpoint_dir(config.workdir, chief)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
-    # Resume reads the chief's directory on every worker.
-    latest = tf.train.latest_checkpoint(os.path.join(config.workdir, "checkpoints"))
+    latest = workdir_lib.latest_checkpoint(config.workdir)  # the chief's, on every worker
     if latest:
         checkpoint.restore(latest)
         logging.info("Resumed from %s at step %d", latest, int(step_var.numpy()))
@@ -463,48 +440,32 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         loaded = init_model_from(model, config.init_from, config.model_kwargs())
         logging.info("Model weights from %s (--init_from); optimizer and step start fresh", loaded)
     start_step = int(step_var.numpy())
+    if start_step >= total_steps:
+        logging.info("%s already holds step %d of %d: finished, nothing to do (export it again "
+                     "with python -m fcn8s_tf.export --workdir=%s)", config.workdir, start_step,
+                     total_steps, config.workdir)
+        return {"step": start_step, "loss": None, "eval": None, "export": None,
+                "finished_before": True}
 
-    # The data order is reseeded with the resume step: the tf.data iterator itself is not
-    # checkpointed (its shuffle buffer would go into every checkpoint), so a resumed run sees a
-    # fresh permutation instead of replaying the epoch it already saw.
+    # --- input and update step. The data order is reseeded with the resume step: the tf.data
+    # iterator is not checkpointed (its shuffle buffer would go into every checkpoint), so a
+    # resumed run sees a fresh permutation instead of replaying the epoch it already saw.
     dataset_fn = input_pipeline.train_dataset_fn(
         config.train_data, config.batch_size, base_size=(config.base_size, config.base_size),
         seed=config.seed + start_step, shuffle_buffer=config.shuffle_buffer)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(strategy, model, optimizer, config)
 
-    summary_dir = os.path.join(config.workdir, "tensorboard")
+    # --- summaries and evaluation (chief only).
+    summary_dir = workdir_lib.path(config.workdir, workdir_lib.TENSORBOARD_DIR)
     if chief:
         train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
         eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "val"))
     else:
         train_writer = eval_writer = tf.summary.create_noop_writer()
+    evaluate_and_log = _InTrainingEval(model, config, eval_writer, chief)
 
-    eval_state = {}  # the any-size float32 twin and its traced predict fn, made at first use
-
-    def evaluate_and_log(step: int) -> Dict:
-        if "model" not in eval_state:
-            eval_state["model"] = export_lib.serving_twin(model, config.model_kwargs())
-            eval_state["predict"] = make_predict_fn(eval_state["model"])
-        elif eval_state["model"] is not model:
-            eval_state["model"].set_weights(model.get_weights())
-        t0 = time.time()
-        result, examples = run_evaluation(eval_state["predict"], config,
-                                          keep=config.tb_images if chief else 0)
-        logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  (%.0f s)", step,
-                     result["loss"], result["mean_iou"], result["pixel_accuracy"],
-                     time.time() - t0)
-        with eval_writer.as_default(step=step):
-            tf.summary.scalar("loss", result["loss"])
-            for key in ("mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou"):
-                tf.summary.scalar(key, result[key])
-            for name, iou in zip(voc.VOC_CLASSES, result["per_class_iou"]):
-                if iou is not None and not math.isnan(iou):
-                    tf.summary.scalar(f"iou/{name}", iou)
-        if examples:
-            write_eval_images(eval_writer, examples, step)
-        return result
-
+    # --- the loop.
     last_eval, loss_value = None, float("nan")
     window_loss, window_steps, window_start = 0.0, 0, time.time()
     run_start = time.time()
@@ -540,21 +501,25 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         if config.val_data and chief and eval_due:
             last_eval = evaluate_and_log(done)
 
+    # --- the end: export (the eval twin, when there is one, already holds the final weights in
+    # the served form; otherwise export_saved_model builds that twin itself) and the last metrics.
     if not chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     logging.info("Trained %d steps in %s", total_steps - start_step, _hms(time.time() - run_start))
     export_path = None
     if config.export and chief:
-        # The eval twin, when there is one, already holds the final weights (the last step always
-        # evaluates) in the served form; otherwise export_saved_model builds that twin itself.
-        export_path = export_lib.export_saved_model(eval_state.get("model", model),
-                                                    os.path.join(config.workdir, "export"),
-                                                    model_kwargs=config.model_kwargs())
+        export_path = export_lib.export_saved_model(
+            evaluate_and_log.twin or model,
+            workdir_lib.path(config.workdir, workdir_lib.EXPORT_DIR),
+            model_kwargs=config.model_kwargs())
         logging.info("Exported SavedModel to %s", export_path)
-    if last_eval is not None:
-        _write_json(os.path.join(config.workdir, "val_metrics.json"), last_eval)
+    if last_eval is not None and chief:
+        workdir_lib.write_json(
+            workdir_lib.path(config.workdir, workdir_lib.VAL_METRICS_FILE),
+            evaluate_lib.metrics_payload(last_eval, evaluate_and_log.class_names, step=done,
+                                         data=config.val_data))
     return {"step": int(step_var.numpy()), "loss": loss_value, "eval": last_eval,
-                    "export": export_path}
+            "export": export_path, "finished_before": False}
 
 
 def _hms(seconds: float) -> str:
@@ -562,39 +527,20 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _write_json(path: str, payload: Dict) -> None:
-    """Writes JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(payload, f, indent=2, default=_json_default)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = config_from_flags()
-    # Only the training flags: absl's own (logging etc.) would clutter a replayable flagfile.
-    flags_text = "".join(f.serialize() + "\n"
-                         for f in FLAGS.get_flags_for_module(_flags) if f.value is not None)
+    config = flags_lib.config_from_flags()
+    flags_text = flags_lib.flags_text()
     logging.info("Flags:\n%s", flags_text)
     try:
         result = train(config, flags_text=flags_text)
     except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
         logging.error("%s", e)
         raise SystemExit(f"fcn8s_tf.train: {e}") from None
-    print(json.dumps({k: v for k, v in result.items() if k != "eval"}, default=_json_default))
+    print(workdir_lib.dumps({k: v for k, v in result.items() if k != "eval"}))
 
 
 if __name__ == "__main__":
+    flags_lib.define_flags()
     app.run(main)

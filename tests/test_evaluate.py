@@ -17,9 +17,12 @@ from PIL import Image
 
 from fcn8s_tf import evaluate as evaluate_lib
 from fcn8s_tf import input_pipeline
+from fcn8s_tf import metrics
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
+from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
+from test_metrics import LABELS, PREDICTIONS  # the hand-worked example (pytest puts tests/ on the path)
 
 REPO = Path(__file__).resolve().parents[1]
 # 2011_001855 has no background pixel at all; the others are ordinary train/val images.
@@ -102,12 +105,12 @@ def test_evaluate_matches_numpy_reference_on_real_images(sample, tmp_path):
             sample["labels"][example_id], i)
 
     def predict_fn(image):
-        return tf.constant(predictions[_key(image.numpy())])
+        return {"labels": tf.constant(predictions[_key(image.numpy())])}
 
     lines = []
     result, cm = evaluate_lib.evaluate(
         predict_fn, input_pipeline.eval_dataset(sample["pattern"]), NUM_CLASSES,
-        prediction_dir=str(tmp_path / "pred"), save_predictions=2, log_every=3,
+        hooks=[evaluate_lib.save_predictions_hook(str(tmp_path / "pred"), 2)], log_every=3,
         print_fn=lines.append)
 
     hist, expected = _reference_scores(
@@ -134,7 +137,7 @@ def test_evaluate_matches_numpy_reference_on_real_images(sample, tmp_path):
 
 def test_evaluate_rejects_a_prediction_of_the_wrong_size(sample):
     def predict_fn(image):
-        return tf.zeros(tf.shape(image)[:2] + 1, tf.int32)
+        return {"labels": tf.zeros(tf.shape(image)[:2] + 1, tf.int32)}
 
     with pytest.raises(ValueError, match="prediction of shape"):
         evaluate_lib.evaluate(predict_fn, input_pipeline.eval_dataset(sample["pattern"]),
@@ -193,11 +196,11 @@ def test_cli_on_a_saved_model_base_dir_uses_the_highest_version(sample, tmp_path
 
 def test_saved_model_version_dir_and_missing_signature(tmp_path):
     _export(_RedIsPerson(128), tmp_path / "7")
-    predict_fn, loaded = evaluate_lib.load_predict_fn(str(tmp_path / "7"))
-    assert loaded == f"SavedModel {tmp_path / '7'}"
+    predict_fn, loaded, num_classes = evaluate_lib.load_predict_fn(str(tmp_path / "7"))
+    assert loaded == f"SavedModel {tmp_path / '7'}" and num_classes == NUM_CLASSES
     image = np.zeros((5, 6, 3), np.uint8)
     image[:, :3, 0] = 200
-    np.testing.assert_array_equal(predict_fn(tf.constant(image)).numpy(),
+    np.testing.assert_array_equal(predict_fn(tf.constant(image))["labels"].numpy(),
                                   np.where(image[..., 0] > 128, 15, 0))
 
     module = _RedIsPerson(128)
@@ -228,7 +231,7 @@ def _write_workdir(workdir: Path, config: dict, model: keras.Model) -> None:
 
 
 def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
-    monkeypatch.setattr(model_lib, "build_fcn8s", _tiny_build_fcn8s, raising=False)
+    monkeypatch.setattr(model_lib, "build_fcn8s", _tiny_build_fcn8s)
     keras.utils.set_random_seed(3)
     trained = _tiny_build_fcn8s(num_classes=5)
     _write_workdir(tmp_path / "run", {"num_classes": 5}, trained)
@@ -236,14 +239,15 @@ def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
     image = np.random.default_rng(0).integers(0, 256, size=(9, 13, 3)).astype(np.uint8)
     want = np.argmax(trained(model_lib.preprocess(image[None])).numpy()[0], axis=-1)
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
-        predict_fn, loaded = evaluate_lib.load_predict_fn(str(path), num_classes=5)
+        predict_fn, loaded, num_classes = evaluate_lib.load_predict_fn(str(path))
         assert loaded.startswith("checkpoint ") and loaded.endswith("ckpt-5")
-        got = predict_fn(tf.constant(image)).numpy()
+        assert num_classes == 5
+        got = predict_fn(tf.constant(image))["labels"].numpy()
         assert got.dtype == np.int32 and got.shape == (9, 13)
         np.testing.assert_array_equal(got, want)
 
     with pytest.raises(ValueError, match="num_classes=21 was asked for but"):
-        evaluate_lib.load_predict_fn(str(tmp_path / "run"), num_classes=21)
+        workdir_lib.load_model(str(tmp_path / "run"), num_classes=21)
 
     # Configs that do not fit the checkpoint: a weight it lacks; a weight of another shape.
     for config in ({"num_classes": 5, "extra_layer": True}, {"num_classes": 6}):
@@ -255,8 +259,6 @@ def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_workdir_with_the_real_fcn8s(tmp_path):
     """The real build_fcn8s (narrow fc only to keep the checkpoint small) through a checkpoint."""
-    if not hasattr(model_lib, "build_fcn8s"):
-        pytest.skip("fcn8s_tf.model.build_fcn8s is not written yet")
     config = {"num_classes": 3, "fc_units": 8, "learnable_upsampling": False}
     keras.utils.set_random_seed(1)
     trained = model_lib.build_fcn8s(weights=None, **config)
@@ -267,8 +269,9 @@ def test_workdir_with_the_real_fcn8s(tmp_path):
     _write_workdir(tmp_path / "run", config, trained)
     image = np.random.default_rng(0).integers(0, 256, size=(37, 45, 3)).astype(np.uint8)
     want = np.argmax(trained(model_lib.preprocess(image[None]), training=False).numpy()[0], -1)
-    predict_fn, _ = evaluate_lib.load_predict_fn(str(tmp_path / "run"), num_classes=3)
-    np.testing.assert_array_equal(predict_fn(tf.constant(image)).numpy(), want)
+    predict_fn, _, num_classes = evaluate_lib.load_predict_fn(str(tmp_path / "run"))
+    assert num_classes == 3
+    np.testing.assert_array_equal(predict_fn(tf.constant(image))["labels"].numpy(), want)
 
 
 # ------------------------------------------------------------------------------------- errors --
@@ -300,3 +303,64 @@ def test_cli_errors_are_one_line_without_traceback(sample, tmp_path):
     assert "neither a SavedModel" in proc.stderr and "not_a_model" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("asked", [5, 30])
+def test_cli_num_classes_must_match_the_model(sample, tmp_path, asked):
+    _export(_RedIsPerson(128), tmp_path / "export" / "1")  # a 21-class model
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcn8s_tf.evaluate", f"--model={tmp_path / 'export'}",
+         f"--data={sample['pattern']}", f"--output_dir={tmp_path / 'out'}",
+         f"--num_classes={asked}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert f"--num_classes={asked} but" in proc.stderr and "predicts 21 classes" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- reporting --
+def test_format_table_lists_every_class_and_marks_empty_union():
+    cm = metrics.confusion_matrix(LABELS, PREDICTIONS, 4).numpy()
+    table = evaluate_lib.format_table(metrics.scores(cm), ["bg", "cat", "dog", "cow"])
+    lines = table.splitlines()
+    assert any(line.startswith("bg") and "0.6000" in line and "0.7500" in line for line in lines)
+    cow = next(line for line in lines if line.startswith("cow"))
+    assert "-" in cow and "0." not in cow
+    assert "mean IU" in table and "0.3667" in table
+    with pytest.raises(ValueError, match="class names"):
+        evaluate_lib.format_table(metrics.scores(cm), ["bg"])
+    assert "mean IU 0.3667" in evaluate_lib.summary_line(metrics.scores(cm))
+
+
+def test_write_json_is_strict_json_with_null_for_empty_classes(tmp_path):
+    cm = metrics.confusion_matrix(LABELS, PREDICTIONS, 4).numpy()
+    path = tmp_path / "out" / "metrics.json"
+    workdir_lib.write_json(str(path), evaluate_lib.metrics_payload(
+        metrics.scores(cm), ["bg", "cat", "dog", "cow"], num_images=np.int64(2),
+        note=float("nan")))
+    text = path.read_text()
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["per_class_iou"][3] is None
+    assert data["per_class"]["cow"] == {"iou": None, "accuracy": None, "gt_pixels": 0}
+    assert data["per_class"]["bg"]["iou"] == pytest.approx(0.6)
+    assert data["num_images"] == 2 and data["note"] is None
+    assert data["mean_iou"] == pytest.approx(11 / 30)
+    assert os.listdir(path.parent) == ["metrics.json"]  # no temp file left behind
+    with pytest.raises(ValueError, match="class names"):
+        evaluate_lib.metrics_payload(metrics.scores(cm), ["bg"])
+
+
+def test_confusion_matrix_png(tmp_path):
+    rng = np.random.default_rng(1)
+    cm = rng.integers(0, 1000, size=(NUM_CLASSES, NUM_CLASSES))
+    cm[5] = 0  # a class with no GT pixel: a grey row
+    path = tmp_path / "cm.png"
+    evaluate_lib.confusion_matrix_png(cm, str(path), VOC_CLASSES)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.width > 21 * 24 and image.height > 21 * 24
+        pixels = np.asarray(image)
+    assert (pixels == (220, 220, 220)).all(axis=-1).sum() > 21 * 100  # the grey row is there
+    with pytest.raises(ValueError, match="class names"):
+        evaluate_lib.confusion_matrix_png(cm, str(path), VOC_CLASSES[:3])

@@ -1,16 +1,12 @@
 """Tests for fcn8s_tf.metrics: a confusion matrix worked out by hand, and the reference scores."""
 
-import json
-import os
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from fcn8s_tf import metrics
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES
+from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES
 
 # Ten pixels, three classes, two of them void (255):
 #
@@ -155,47 +151,3 @@ def test_keras_mean_iou_agrees_with_the_reference_mean_iu():
                                   metrics.confusion_matrix(labels, predictions, NUM_CLASSES))
     # Keras returns float32 with an epsilon in the denominator; otherwise the same definition.
     assert float(keras_miou.result()) == pytest.approx(ours["mean_iou"], rel=1e-5)
-
-
-def test_format_table_lists_every_class_and_marks_empty_union():
-    cm = metrics.confusion_matrix(LABELS, PREDICTIONS, 4).numpy()
-    table = metrics.format_table(metrics.scores(cm), ["bg", "cat", "dog", "cow"])
-    lines = table.splitlines()
-    assert any(line.startswith("bg") and "0.6000" in line and "0.7500" in line for line in lines)
-    cow = next(line for line in lines if line.startswith("cow"))
-    assert "-" in cow and "0." not in cow
-    assert "mean IU" in table and "0.3667" in table
-    with pytest.raises(ValueError, match="class names"):
-        metrics.format_table(metrics.scores(cm), ["bg"])
-    assert "mean IU 0.3667" in metrics.summary_line(metrics.scores(cm))
-
-
-def test_write_json_is_strict_json_with_null_for_empty_classes(tmp_path):
-    cm = metrics.confusion_matrix(LABELS, PREDICTIONS, 4).numpy()
-    path = tmp_path / "out" / "metrics.json"
-    metrics.write_json(str(path), metrics.scores(cm), class_names=["bg", "cat", "dog", "cow"],
-                       num_images=np.int64(2), note=float("nan"))
-    text = path.read_text()
-    assert "NaN" not in text
-    data = json.loads(text)
-    assert data["per_class_iou"][3] is None
-    assert data["per_class"]["cow"] == {"iou": None, "accuracy": None, "gt_pixels": 0}
-    assert data["per_class"]["bg"]["iou"] == pytest.approx(0.6)
-    assert data["num_images"] == 2 and data["note"] is None
-    assert data["mean_iou"] == pytest.approx(11 / 30)
-    assert os.listdir(path.parent) == ["metrics.json"]  # no temp file left behind
-
-
-def test_confusion_matrix_png(tmp_path):
-    rng = np.random.default_rng(1)
-    cm = rng.integers(0, 1000, size=(NUM_CLASSES, NUM_CLASSES))
-    cm[5] = 0  # a class with no GT pixel: a grey row
-    path = tmp_path / "cm.png"
-    metrics.confusion_matrix_png(cm, str(path), VOC_CLASSES)
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.mode == "RGB"
-        assert image.width > 21 * 24 and image.height > 21 * 24
-        pixels = np.asarray(image)
-    assert (pixels == (220, 220, 220)).all(axis=-1).sum() > 21 * 100  # the grey row is there
-    with pytest.raises(ValueError, match="class names"):
-        metrics.confusion_matrix_png(cm, str(path), VOC_CLASSES[:3])

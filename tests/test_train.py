@@ -79,8 +79,8 @@ def test_two_steps_export_then_resume(tmp_path):
     assert any((workdir / "tensorboard" / "train").iterdir())
     # The training model was built for the crop size; the checkpoint still loads into the
     # any-size net that evaluation and export build from model_config.json.
-    from fcn8s_tf import export
-    restored, _ = export.load_model_from_workdir(str(workdir))
+    from fcn8s_tf import workdir as workdir_lib
+    restored, _ = workdir_lib.load_model(str(workdir))
     assert restored.input_shape == (None, None, None, 3)
 
     # Same workdir, one more step: resumes from step 2 rather than starting again.

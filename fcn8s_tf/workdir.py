@@ -1,0 +1,162 @@
+"""The run directory (`--workdir`): its layout, the files in it, and how they are written.
+
+    <workdir>/model_config.json   build_fcn8s keyword arguments (the net a checkpoint fits)
+    <workdir>/flags.txt           the resolved flags, replayable with --flagfile
+    <workdir>/checkpoints/        tf.train.CheckpointManager (model, optimizer, step)
+    <workdir>/tensorboard/        train/ and val/ event files
+    <workdir>/val_metrics.json    the last in-training evaluation
+    <workdir>/export/<version>/   SavedModels (fcn8s_tf/serving.py)
+
+Training writes these; evaluation, export, prediction and tools/import_weights.py read or write
+them through this module, so the names live here only. Every JSON file is written atomically (a
+temporary sibling, then a rename) and strictly (NaN and inf become null: JSON has neither).
+"""
+
+import json
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+CONFIG_FILE = "model_config.json"
+FLAGS_FILE = "flags.txt"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+VAL_METRICS_FILE = "val_metrics.json"
+EXPORT_DIR = "export"
+
+
+def path(workdir: str, name: str) -> str:
+    """`<workdir>/<name>`, for one of the names above."""
+    return os.path.join(workdir, name)
+
+
+# ------------------------------------------------------------------------------------------ JSON --
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars/arrays -> Python, recursively (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(payload: Any, indent: Optional[int] = None) -> str:
+    """Strict JSON text of `payload` (json_safe first, so a NaN can never reach the output)."""
+    return json.dumps(json_safe(payload), indent=indent, allow_nan=False)
+
+
+def write_json(file_path: str, payload: Any) -> None:
+    """Writes `payload` as strict JSON, atomically: readers see the old file or the new one."""
+    text = dumps(payload, indent=2) + "\n"
+    directory = os.path.dirname(file_path) or "."
+    tf.io.gfile.makedirs(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(file_path)}.tmp-{os.getpid()}")
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(tmp, file_path, overwrite=True)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------- model config --
+def read_model_config(workdir: str) -> Dict[str, Any]:
+    """The build_fcn8s arguments a run was trained with.
+
+    Raises:
+      FileNotFoundError: no model_config.json (the message says what a workdir holds).
+    """
+    config_path = path(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: not found (a training workdir has "
+                                f"{CONFIG_FILE} and {CHECKPOINT_DIR}/)")
+    with tf.io.gfile.GFile(config_path) as f:
+        config = json.load(f)
+    config.pop("weights", None)  # a checkpoint supplies every weight
+    return config
+
+
+def write_model_config(workdir: str, model_kwargs: Dict[str, Any]) -> None:
+    write_json(path(workdir, CONFIG_FILE), model_kwargs)
+
+
+def latest_checkpoint(workdir: str) -> Optional[str]:
+    """The newest checkpoint of a run, or None."""
+    return tf.train.latest_checkpoint(path(workdir, CHECKPOINT_DIR))
+
+
+def load_model(workdir: str, num_classes: Optional[int] = None) -> Tuple[Any, str]:
+    """Rebuilds the FCN-8s of a training workdir and restores its newest checkpoint.
+
+    Args:
+      workdir: holds model_config.json and checkpoints/.
+      num_classes: if given, must equal the config's.
+    Returns:
+      (keras model, path of the checkpoint restored).
+    Raises:
+      FileNotFoundError: no model_config.json or no checkpoint.
+      ValueError: num_classes disagrees with the config, or the checkpoint does not fit the model.
+    """
+    from fcn8s_tf import model as model_lib  # Keras only when a model is built
+    from fcn8s_tf import voc
+
+    config = read_model_config(workdir)
+    config_classes = config.get("num_classes", voc.NUM_CLASSES)
+    if num_classes is not None and num_classes != config_classes:
+        raise ValueError(f"num_classes={num_classes} was asked for but "
+                         f"{path(workdir, CONFIG_FILE)} says num_classes={config_classes}")
+    latest = latest_checkpoint(workdir)
+    if latest is None:
+        raise FileNotFoundError(f"{path(workdir, CHECKPOINT_DIR)}: no checkpoint found")
+    model = model_lib.build_fcn8s(weights=None, **config)
+    try:
+        status = tf.train.Checkpoint(model=model).restore(latest)
+        status.expect_partial()  # the optimizer and step are in the file, not needed here
+        status.assert_existing_objects_matched()  # ...but every model weight must be
+    except (AssertionError, ValueError) as e:  # a missing weight, or one of another shape
+        raise ValueError(f"{latest} does not hold the weights of the model in "
+                         f"{path(workdir, CONFIG_FILE)}: {str(e)[:500]}") from None
+    return model, latest
+
+
+# The build_fcn8s arguments a checkpoint cannot be used without: the first two fix weight shapes,
+# skip_scales what the score layers' weights mean.
+IDENTITY_FIELDS = ("num_classes", "fc_units", "skip_scales")
+
+
+def model_config_differences(workdir: str, model_kwargs: Dict[str, Any],
+                             fields=IDENTITY_FIELDS) -> list:
+    """Where `model_kwargs` disagrees with the workdir's model_config.json on `fields`.
+
+    Returns one "--name=<ours> here, <theirs> in <path>" string per differing field ([] when the
+    workdir has no model_config.json or agrees).
+    """
+    if not tf.io.gfile.exists(path(workdir, CONFIG_FILE)):
+        return []
+    theirs = read_model_config(workdir)
+
+    def text(value):
+        if isinstance(value, (list, tuple)):
+            return ",".join(f"{float(v):g}" for v in value)
+        return str(value)
+
+    def same(a, b):
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(math.isclose(float(x), float(y), rel_tol=1e-6)
+                                            for x, y in zip(a, b))
+        return a == b
+
+    return [f"--{name}={text(model_kwargs[name])} here, {text(theirs[name])} in "
+            f"{path(workdir, CONFIG_FILE)}"
+            for name in fields if name in theirs and not same(model_kwargs[name], theirs[name])]

@@ -1,0 +1,103 @@
+"""Settings have one source: TrainConfig's defaults, one flag per field, configs that parse.
+
+Flags are defined into private FlagValues here, so nothing touches absl's global FLAGS.
+"""
+
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import app
+from absl import flags
+import pytest
+
+from fcn8s_tf import augment
+from fcn8s_tf import config as config_lib
+from fcn8s_tf import flags as flags_lib
+from fcn8s_tf import input_pipeline
+from fcn8s_tf import model as model_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _flag_values(argv=()):
+    fv = flags.FlagValues()
+    flags_lib.define_flags(fv)
+    fv(["train", "--train_data=x-*.tfrecord", "--workdir=w", "--train_steps=1", *argv])
+    return fv
+
+
+def test_every_field_has_a_flag_and_every_flag_a_field():
+    fv = flags.FlagValues()
+    flags_lib.define_flags(fv)
+    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+    assert set(fv) == fields
+
+
+def test_flag_defaults_are_the_config_defaults():
+    config = flags_lib.config_from_flags(_flag_values())
+    default = config_lib.TrainConfig(train_data="x-*.tfrecord", workdir="w", train_steps=1)
+    assert config == default
+
+
+def test_config_defaults_are_the_stages_own():
+    """A stage's default (crop size, shuffle buffer, architecture) is not restated anywhere."""
+    default = config_lib.TrainConfig(train_data="x", workdir="w")
+    builder = inspect.signature(model_lib.build_fcn8s).parameters
+    for name, value in default.model_kwargs().items():
+        want = builder[name].default
+        assert (list(want) if isinstance(want, tuple) else want) == value, name
+    assert default.crop_size == augment.DEFAULT_CROP_SIZE[0]
+    assert default.scale_range == augment.DEFAULT_SCALE_RANGE
+    assert default.flip_prob == augment.DEFAULT_FLIP_PROB
+    assert default.base_size == input_pipeline.DEFAULT_BASE_SIZE[0]
+    assert default.shuffle_buffer == input_pipeline.DEFAULT_SHUFFLE_BUFFER
+
+
+def test_config_from_flags_converts_and_rejects():
+    config = flags_lib.config_from_flags(_flag_values(
+        ["--scale_range=0.75,1.25", "--skip_scales=1,1", "--backbone_weights=none",
+         "--precision=mixed_bfloat16"]))
+    assert config.scale_range == (0.75, 1.25) and config.skip_scales == (1.0, 1.0)
+    assert config.backbone_weights is None and config.precision == "mixed_bfloat16"
+    for argv, message in ((["--scale_range=2,1"], "0 < min <= max"),
+                          (["--scale_range=a,b"], "two numbers"),
+                          (["--skip_scales=1"], "two numbers pool4,pool3"),
+                          (["--train_steps=0"], "--train_steps or --epochs")):
+        with pytest.raises(app.UsageError, match=message):
+            flags_lib.config_from_flags(_flag_values(argv))
+
+
+@pytest.mark.parametrize("flagfile", sorted(p.name for p in (REPO / "configs").glob("*.flags")))
+def test_every_config_parses(flagfile):
+    """A typo in voc_fcn8s.flags would otherwise first show on a GPU box."""
+    fv = flags.FlagValues()
+    flags_lib.define_flags(fv)
+    fv(["train", f"--flagfile={REPO / 'configs' / flagfile}", "--train_data=x", "--workdir=w"])
+    config = flags_lib.config_from_flags(fv)
+    assert config.train_steps or config.epochs
+    # The first line says how to run it (STYLE.md habit 2).
+    assert (REPO / "configs" / flagfile).read_text().startswith("# ")
+
+
+def test_flags_text_replays_the_run(tmp_path):
+    """What the run writes to <workdir>/flags.txt gives the same config through --flagfile."""
+    original = _flag_values(["--fc_units=16", "--skip_scales=1,1", "--backbone_weights=none"])
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text(flags_lib.flags_text(original))
+    replayed = flags.FlagValues()
+    flags_lib.define_flags(replayed)
+    replayed(["train", f"--flagfile={flagfile}"])
+    assert flags_lib.config_from_flags(replayed) == flags_lib.config_from_flags(original)
+
+
+def test_importing_the_library_defines_no_flag():
+    code = ("from absl import flags; import fcn8s_tf.train, fcn8s_tf.evaluate, fcn8s_tf.export, "
+            "fcn8s_tf.predict, fcn8s_tf.serving, fcn8s_tf.caffe; "
+            "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'fcn8s' in m))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

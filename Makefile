@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo smoke bench clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ demo: $(STAMP)
 	@echo "  overlays:    $(DEMO_DIR)/predictions/*_overlay.png"
 	@echo "  SavedModel:  $(DEMO_DIR)/run/export/1"
 	@echo "  TensorBoard: $(PY) -m tensorboard.main --logdir $(DEMO_DIR)/run/tensorboard"
+
+# Install check: two steps of a narrow net on the demo records (run `make demo` first), from an
+# empty workdir each time so that it really trains and exports.
+smoke: $(STAMP)
+	rm -rf runs/smoke
+	$(PY) -m fcn8s_tf.train --flagfile=configs/smoke.flags
 
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --output=BENCHMARKS.md --json_output=benchmarks.json

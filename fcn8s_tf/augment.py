@@ -26,10 +26,11 @@ therefore mean-subtracted (model.preprocess, the one place that happens) BEFORE 
 filled with 0. That equals "fill with the mean colour, then subtract": a bilinear blend is an affine
 combination, so subtracting the mean commutes with it, fill included.
 
-Randomness comes from `rng` (a tf.random.Generator: the trainer passes one per replica, so a fixed
---seed replays the same augmentations), or `seed` (stateless ops: the same seed gives the same
-augmentation on every call, so vary it per step, e.g. seed=[seed, step]), or neither (TF's global
-random state; not reproducible).
+Randomness comes from `seed` (stateless ops: the same seed gives the same augmentation on every
+call; the trainer passes [seed, step * 1024 + replica], so a fixed --seed replays the same
+augmentations and a resumed run continues the stream without saved state), or `rng` (a
+tf.random.Generator, advanced by each call), or neither (TF's global random state; not
+reproducible).
 
 Not for jit_compile: ImageProjectiveTransformV3 has CPU and GPU kernels but no XLA kernel, so call
 augment_batch outside any `tf.function(jit_compile=True)`; compile only the model step.

@@ -117,7 +117,17 @@ class _WarmupThen(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < self.warmup_steps, warm, after)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps}
+        after = (keras.optimizers.schedules.serialize(self.after)
+                 if isinstance(self.after, keras.optimizers.schedules.LearningRateSchedule)
+                 else self.after)
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "after": after}
+
+    @classmethod
+    def from_config(cls, config):
+        after = config["after"]
+        if isinstance(after, dict):
+            after = keras.optimizers.schedules.deserialize(after)
+        return cls(config["peak"], config["warmup_steps"], after)
 
 
 def build_model_and_optimizer(config: TrainConfig, total_steps: int):
@@ -186,8 +196,10 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
     def replica_step(images, labels, step):
         ctx = tf.distribute.get_replica_context()
         # Stateless augmentation seeded by (seed, step, replica): reproducible, and a resumed run
-        # continues the same random stream without saving generator state. Determinism ends at the
-        # host pipeline's parallel decode order and at non-deterministic GPU kernels.
+        # continues the same random stream without saving generator state. The host pipeline is
+        # deterministic too (ordered parallel decode). Determinism ends at non-deterministic GPU
+        # kernels, at a resume (the data order is reseeded), and across CPU models (other kernels
+        # round differently).
         replica = tf.cast(ctx.replica_id_in_sync_group, tf.int64)
         aug_seed = tf.stack([tf.cast(config.seed, tf.int64),
                              tf.cast(step, tf.int64) * 1024 + replica])

@@ -227,9 +227,14 @@ def test_seed_reproducible(run):
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
     # A (2,) seed tensor works too, e.g. [seed, step] to vary per step.
-    pair = run(lambda i, l: augment.augment_batch(i, l, crop_size=(21, 21), seed=[42, 7]),
-               images, labels)
-    assert pair[0].shape == first[0].shape
+    pair_fn = lambda step: (lambda i, l: augment.augment_batch(  # noqa: E731
+        i, l, crop_size=(21, 21), seed=[42, step]))
+    pair, pair_again = run(pair_fn(7), images, labels), run(pair_fn(7), images, labels)
+    next_step = run(pair_fn(8), images, labels)
+    np.testing.assert_array_equal(pair[0], pair_again[0])
+    np.testing.assert_array_equal(pair[1], pair_again[1])
+    assert not np.array_equal(pair[0], next_step[0])  # the step varies the augmentation
+    np.testing.assert_array_equal(run(pair_fn(0), images, labels)[0], first[0])  # 42 == [42, 0]
 
 
 def test_generator_reproducible(run):

@@ -118,11 +118,20 @@ def test_versions_increase_and_never_overwrite(exported, tmp_path):
 
 
 def test_fixed_size_model_gets_an_any_size_twin():
-    fixed = model_lib.build_fcn8s(num_classes=3, fc_units=8, input_shape=(32, 32, 3))
-    twin = export.serving_twin(fixed, dict(num_classes=3, fc_units=8))
+    keras.utils.set_random_seed(0)
+    fixed = model_lib.build_fcn8s(num_classes=3, fc_units=16, input_shape=(32, 32, 3))
+    # Score layers start at zero: randomise them, or a twin that copied no weight would agree too.
+    rng = np.random.default_rng(0)
+    for name, gain in (("score_fr", 1.0), ("score_pool4", 1e2), ("score_pool3", 1e4)):
+        kernel, bias = fixed.get_layer(name).get_weights()
+        fixed.get_layer(name).set_weights(
+            [gain * rng.normal(0, 1, kernel.shape).astype(np.float32), bias])
+    twin = export.serving_twin(fixed, dict(num_classes=3, fc_units=16))
     assert twin.input_shape == (None, None, None, 3)
     image = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_array_equal(twin(image).numpy(), fixed(image).numpy())
+    expected = fixed(image).numpy()
+    assert expected.std() > 1e-3  # a real answer, not the zero-score constant
+    np.testing.assert_array_equal(twin(image).numpy(), expected)
     assert twin(image[:, :17, :23]).shape == (1, 17, 23, 3)
 
 

@@ -72,10 +72,26 @@ def test_two_steps_export_then_resume(tmp_path):
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")
     assert json.loads((workdir / "model_config.json").read_text())["fc_units"] == 16
     assert (workdir / "flags.txt").read_text() == "--seed=0\n"
-    assert 0.0 <= result["eval"]["mean_iou"] <= 1.0
-    assert json.loads((workdir / "val_metrics.json").read_text())["pixel_accuracy"] >= 0.0
+    # The in-training evaluation is the evaluator's: the export, scored by `evaluate`, gives the
+    # same numbers (same weights, same images, same any-size float32 net).
+    from fcn8s_tf import evaluate as evaluate_lib
+    from fcn8s_tf import input_pipeline
+    predict_fn, _, _ = evaluate_lib.load_predict_fn(result["export"])
+    again, _ = evaluate_lib.evaluate(predict_fn, input_pipeline.eval_dataset(config.val_data), 3,
+                                     log_every=0)
+    for key in ("mean_iou", "pixel_accuracy", "per_class_iou", "num_images"):
+        assert result["eval"][key] == again[key], key
+    saved = json.loads((workdir / "val_metrics.json").read_text())
+    assert saved["mean_iou"] == result["eval"]["mean_iou"] and saved["step"] == 2
+    assert list(saved["per_class"]) == ["class_0", "class_1", "class_2"]
+    assert np.isfinite(saved["loss"])
     assert (Path(result["export"]) / "saved_model.pb").exists()
     assert Path(result["export"]).name == "1"
+
+    # Rerunning the finished command does nothing: no step, no second export.
+    rerun = train_lib.train(config)
+    assert rerun["finished_before"] and rerun["export"] is None and rerun["step"] == 2
+    assert sorted(p.name for p in (workdir / "export").iterdir()) == ["1"]
     assert any((workdir / "tensorboard" / "train").iterdir())
     # The training model was built for the crop size; the checkpoint still loads into the
     # any-size net that evaluation and export build from model_config.json.
@@ -218,3 +234,56 @@ def test_multi_worker_two_processes(tmp_path):
     assert (chief / "export" / "1" / "saved_model.pb").exists()
     assert not (other / "checkpoints").exists()
     assert not (other / "export").exists()
+
+
+# ---------------------------------------------------------------------- schedules, steps, chief --
+@pytest.mark.parametrize("schedule", ["constant", "poly", "cosine"])
+def test_learning_rate_schedules(schedule):
+    config = train_lib.TrainConfig(train_data="x", workdir="w", learning_rate=1e-3,
+                                   lr_schedule=schedule, warmup_steps=4)
+    lr = train_lib.make_learning_rate(config, total_steps=14)
+    values = [float(lr(tf.constant(step))) for step in range(14)]
+    # Linear warm-up to the peak over 4 steps...
+    np.testing.assert_allclose(values[:4], [2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
+    if schedule == "constant":
+        np.testing.assert_allclose(values[4:], 1e-3, rtol=1e-6)
+    else:  # ...then from the peak down towards zero over the remaining 10 steps.
+        assert values[4] == pytest.approx(1e-3, rel=1e-6)
+        assert all(a > b for a, b in zip(values[4:], values[5:]))
+        expected_mid = {"poly": 1e-3 * 0.5 ** 0.9, "cosine": 0.5e-3}[schedule]
+        assert float(lr(tf.constant(9))) == pytest.approx(expected_mid, rel=1e-5)
+    # The schedule survives Keras serialisation (optimizer configs, checkpoints of the config).
+    restored = type(lr).from_config(lr.get_config())
+    np.testing.assert_allclose([float(restored(tf.constant(s))) for s in range(14)], values,
+                               rtol=1e-6)
+
+
+def test_no_warmup_constant_is_a_plain_float():
+    config = train_lib.TrainConfig(train_data="x", workdir="w", learning_rate=3e-4)
+    assert train_lib.make_learning_rate(config, total_steps=10) == 3e-4
+
+
+def test_epochs_use_the_converter_manifest(tmp_path):
+    pattern = write_records(tmp_path / "records", "train", 10, 2)
+    config = train_lib.TrainConfig(train_data=pattern, workdir="w", epochs=2.5, batch_size=4)
+    assert train_lib.resolve_train_steps(config) == 7  # ceil(2.5 * 10 / 4), by counting
+    # With a manifest (as the converter writes), its counts are used and the files not read.
+    (tmp_path / "records" / "manifest.json").write_text(json.dumps({"splits": {"train": {
+        "shards": [{"file": f"train-{i:05d}-of-00002.tfrecord", "count": 50} for i in range(2)]}}}))
+    assert train_lib.resolve_train_steps(config) == 63  # ceil(2.5 * 100 / 4)
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, ("chief", 0), True),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, ("worker", 0), False),
+    ({"worker": ["b:1", "c:1"]}, ("worker", 0), True),
+    ({"worker": ["b:1", "c:1"]}, ("worker", 1), False),
+])
+def test_is_chief(cluster, task, chief):
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
+
+    class FakeStrategy:
+        cluster_resolver = resolver
+
+    assert train_lib.is_chief(FakeStrategy()) is chief

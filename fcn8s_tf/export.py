@@ -24,6 +24,9 @@ from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf import voc
 
 
+TMP_PREFIX = ".tmp-"  # an export being written: <base>/.tmp-<version>-p<pid>-<time>
+
+
 def serving_twin(model: keras.Model, model_kwargs: Optional[Dict]) -> keras.Model:
     """A float32 model for any input size with `model`'s weights, or `model` if it is one already.
 
@@ -67,7 +70,9 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     if tf.io.gfile.exists(final):
         raise FileExistsError(f"Export version directory already exists: {final}")
     tf.io.gfile.makedirs(export_base)
-    tmp = os.path.join(export_base, f".tmp-{version}-{int(time.time())}")
+    workdir_lib.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
+                                       log=logging.info)
+    tmp = os.path.join(export_base, f"{TMP_PREFIX}{version}-p{os.getpid()}-{int(time.time())}")
     signatures = serving.serving_signatures(serving_twin(model, model_kwargs), max_image_pixels)
     try:
         tf.saved_model.save(serving.serving_root(signatures), tmp, signatures=signatures)

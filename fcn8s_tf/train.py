@@ -11,11 +11,15 @@ Stages below: config, strategy, input, model + optimizer, update step, evaluatio
 the loop.
 """
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -265,25 +269,27 @@ def _checkpoint_dir(workdir: str, chief: bool) -> str:
     return tempfile.mkdtemp(prefix="fcn8s_worker_ckpt_")
 
 
-def _prepare_workdir(config: TrainConfig, chief: bool, flags_text: str) -> None:
-    """Checks that a resumed workdir holds this net, then (chief) writes model_config and flags.
-
-    Runs before anything is written, so a mismatch leaves the workdir as it was.
-    """
+def _check_workdir(config: TrainConfig) -> None:
+    """Fails, before anything is written, when the workdir or --init_from holds another net."""
     if workdir_lib.latest_checkpoint(config.workdir):
         differ = workdir_lib.model_config_differences(config.workdir, config.model_kwargs())
         if differ:
             raise ValueError(f"{config.workdir} holds a run of another net: {'; '.join(differ)}. "
                              "Use those values to resume it, or another --workdir.")
     if config.init_from:
-        init_checkpoint(config.init_from, config.model_kwargs())  # fail before writing
-    if not chief:
-        return
+        init_checkpoint(config.init_from, config.model_kwargs())
+
+
+def _write_run_files(config: TrainConfig, flags_text: str) -> None:
+    """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed run."""
     tf.io.gfile.makedirs(config.workdir)
     workdir_lib.write_model_config(config.workdir, config.model_kwargs())
     if flags_text:
         with tf.io.gfile.GFile(workdir_lib.path(config.workdir, workdir_lib.FLAGS_FILE), "w") as f:
             f.write(flags_text)
+    workdir_lib.remove_stale_temp_dirs(
+        workdir_lib.path(config.workdir, workdir_lib.CHECKPOINT_DIR),
+        lambda name: name.endswith("_temp"), log=logging.warning)
 
 
 def init_checkpoint(source: str, model_kwargs: Dict) -> str:
@@ -333,6 +339,64 @@ def init_model_from(model: keras.Model, source: str, model_kwargs: Dict) -> str:
         raise ValueError(f"--init_from={source}: {path} does not hold this model's weights: "
                          f"{str(e)[:500]}") from None
     return path
+
+
+# ------------------------------------------------------------------------------------ preemption --
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after a checkpoint of the current step was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
+                         f"{checkpoint} saved. Run the same command to resume.")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class _TerminationSignals:
+    """SIGTERM and SIGINT (a cloud preemption, `kill`, Ctrl-C) become a flag to poll.
+
+    The flag feeds tf.distribute's PreemptionCheckpointHandler (its `termination_watcher_fn`),
+    which saves a checkpoint at the next step boundary, in step with every worker of a cluster,
+    and then stops training. A second Ctrl-C stops at once, without that checkpoint.
+    """
+
+    def __init__(self):
+        self.received = None  # the first signal's number
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal() works only there
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+            logging.warning("%s received: saving a checkpoint at the end of this step, then "
+                            "stopping (Ctrl-C again to stop without it)",
+                            signal.Signals(signum).name)
+
+    def is_set(self) -> bool:
+        return self.received is not None
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _preemption_handler(strategy, manager, signals: _TerminationSignals, step_var):
+    """tf.distribute's PreemptionCheckpointHandler, saving through our CheckpointManager."""
+
+    def stop():
+        raise TrainingInterrupted(signals.received or signal.SIGTERM, int(step_var.numpy()),
+                                  manager.latest_checkpoint)
+
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        getattr(strategy, "cluster_resolver", None), manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(
+            termination_watcher_fn=signals.is_set, exit_fn=stop, grace_period=0))
 
 
 # ------------------------------------------------------------------------------------------ loop --
@@ -429,7 +493,19 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
     if config.val_data:
         input_pipeline.list_files(config.val_data)
     total_steps = resolve_train_steps(config)
-    _prepare_workdir(config, chief, flags_text)
+    _check_workdir(config)
+    lock = (workdir_lib.RunLock(config.workdir, log=logging.warning) if chief
+            else contextlib.nullcontext())
+    with lock, _TerminationSignals() as signals:
+        if chief:
+            _write_run_files(config, flags_text)
+        return _run(config, strategy, chief, total_steps, signals)
+
+
+def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, total_steps: int,
+         signals: _TerminationSignals) -> Dict:
+    """The run itself, with the workdir checked, locked and its run files written."""
+    replicas = strategy.num_replicas_in_sync
     logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
                  type(strategy).__name__, replicas, total_steps, config.batch_size,
                  config.precision)
@@ -438,9 +514,18 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
     with strategy.scope():
         model, optimizer = build_model_and_optimizer(config, total_steps)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+        # Keras 3 keeps each Dropout layer's random state in a SeedGenerator variable that
+        # tf.train.Checkpoint(model=...) does not save: without it a resumed run would replay the
+        # dropout masks of step 0 instead of continuing the stream.
+        rng_state = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
+                                         dropout_rng=rng_state)
     ckpt_dir = _checkpoint_dir(config.workdir, chief)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
+    # Saves a checkpoint of the current step on SIGTERM/SIGINT (on every worker of a cluster at
+    # the same step), then raises TrainingInterrupted. It restores the manager's latest checkpoint
+    # itself; the explicit restore below also covers workers whose manager writes to a temp dir.
+    preemption = _preemption_handler(strategy, manager, signals, step_var)
     latest = workdir_lib.latest_checkpoint(config.workdir)  # the chief's, on every worker
     if latest:
         checkpoint.restore(latest)
@@ -509,6 +594,7 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
             window_loss, window_steps, window_start = 0.0, 0, time.time()
         if done % config.checkpoint_every == 0 or done == total_steps:
             manager.save(checkpoint_number=done)
+        preemption.save_checkpoint_if_preempted(checkpoint_number=done)
         eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
         if config.val_data and chief and eval_due:
             last_eval = evaluate_and_log(done)
@@ -547,9 +633,14 @@ def main(argv):
     logging.info("Flags:\n%s", flags_text)
     try:
         result = train(config, flags_text=flags_text)
-    except (NonFiniteLossError, ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
+    except TrainingInterrupted as e:  # 128 + signal number, as a shell reports a signal
+        print(f"fcn8s_tf.train: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except (NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, PermissionError, workdir_lib.WorkdirInUseError) as e:
         raise SystemExit(f"fcn8s_tf.train: {e}") from None
+    except tf.errors.OpError as e:  # e.g. a workdir TensorFlow cannot write (gfile)
+        raise SystemExit(f"fcn8s_tf.train: {type(e).__name__}: {e.message}") from None
     print(workdir_lib.dumps({k: v for k, v in result.items() if k != "eval"}))
 
 

@@ -15,7 +15,9 @@ temporary sibling, then a rename) and strictly (NaN and inf become null: JSON ha
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+import socket
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -160,3 +162,110 @@ def model_config_differences(workdir: str, model_kwargs: Dict[str, Any],
     return [f"--{name}={text(model_kwargs[name])} here, {text(theirs[name])} in "
             f"{path(workdir, CONFIG_FILE)}"
             for name in fields if name in theirs and not same(model_kwargs[name], theirs[name])]
+
+
+# ---------------------------------------------------------------------------------------- lock --
+LOCK_FILE = "LOCK"
+
+
+class WorkdirInUseError(RuntimeError):
+    """Another live process is training in this workdir."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """One trainer per workdir: `<workdir>/LOCK` holds the owner's pid and host.
+
+    Created with O_CREAT | O_EXCL, so of two trainers starting together exactly one gets it. A lock
+    whose process is gone (same host, pid not alive: the trainer was SIGKILLed) is taken over with a
+    warning; a lock held by a live process, or by another host (whose processes cannot be checked
+    from here), makes the second trainer fail at once naming the owner. Local paths only: on a
+    remote filesystem (gs://...) the lock is skipped with a log line, since O_EXCL is not
+    available there.
+    """
+
+    def __init__(self, workdir: str, log=None):
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.log = log or (lambda message: None)
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        if "://" in self.path:
+            self.log(f"{self.path}: remote workdir, no lock taken (one trainer at a time is up "
+                     "to you)")
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        host, me = socket.gethostname(), os.getpid()
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1))):
+                    self.log(f"{self.path}: taking over the lock of pid {owner.get('pid')}, which "
+                             "is no longer running (killed?)")
+                    os.remove(self.path)
+                    continue
+                raise WorkdirInUseError(
+                    f"{os.path.dirname(self.path)} is in use by pid {owner.get('pid')} on "
+                    f"{owner.get('host')} since {owner.get('since')} ({self.path}). Wait for it, "
+                    "stop it, or use another --workdir; if that process is gone, delete "
+                    f"{self.path}.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": me, "host": host,
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            self.held = True
+            return self
+        raise WorkdirInUseError(f"{self.path}: could not take the lock")
+
+    def _owner(self) -> Dict[str, Any]:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):  # being written, or garbage: treat as held by unknown
+            return {"pid": -1, "host": "an unknown host", "since": "an unknown time"}
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+
+def remove_stale_temp_dirs(directory: str, is_temp: Callable[[str], bool], log=None) -> list:
+    """Deletes the temp folders in `directory` that killed processes left; returns their paths.
+
+    `is_temp(name)` picks the folders. A name that carries its writer's pid as a `-p<pid>` part
+    (the export's `.tmp-<version>-p<pid>-<time>`) is removed only when that pid is gone; a name
+    without one (TF's `ckpt-N_temp` checkpoint parts) is removed outright: callers hold the workdir
+    lock, so no live writer of it exists.
+    """
+    removed = []
+    if not tf.io.gfile.isdir(directory):
+        return removed
+    for name in tf.io.gfile.listdir(directory):
+        name = name.rstrip("/")
+        if not is_temp(name):
+            continue
+        pid = next((int(part[1:]) for part in name.split("-")
+                    if part.startswith("p") and part[1:].isdigit()), None)
+        if pid is not None and _pid_alive(pid):
+            continue
+        full = os.path.join(directory, name)
+        if tf.io.gfile.isdir(full):
+            tf.io.gfile.rmtree(full)
+            removed.append(full)
+            if log:
+                log(f"removed {full}, left by an interrupted run")
+    return removed

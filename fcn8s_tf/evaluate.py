@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import predict as predict_lib
+from fcn8s_tf import records
 from fcn8s_tf import serving
 from fcn8s_tf import voc
 from fcn8s_tf import workdir as workdir_lib
@@ -314,15 +315,16 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
     try:
-        dataset = input_pipeline.eval_dataset(FLAGS.data)
+        records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
         predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
     num_classes = FLAGS.num_classes or model_classes or voc.NUM_CLASSES
     if model_classes is not None and num_classes != model_classes:
         raise SystemExit(f"fcn8s_tf.evaluate: error: --num_classes={FLAGS.num_classes} but "
                          f"{FLAGS.model} predicts {model_classes} classes (leave --num_classes "
                          "out to use the model's)")
+    dataset = input_pipeline.eval_dataset(FLAGS.data, num_classes=num_classes)
     print(f"Evaluating {loaded} on {FLAGS.data}", flush=True)
 
     hooks = []
@@ -331,9 +333,10 @@ def main(argv):
                                            FLAGS.save_predictions))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
-        result, cm = evaluate(predict_fn, dataset, num_classes, hooks=hooks,
-                              print_fn=lambda line: print(line, flush=True))
-    except ValueError as e:  # wrong prediction size, no image, no labelled pixel
+        with input_pipeline.data_errors_named(FLAGS.data):
+            result, cm = evaluate(predict_fn, dataset, num_classes, hooks=hooks,
+                                  print_fn=lambda line: print(line, flush=True))
+    except (ValueError, records.DataError) as e:  # wrong size, no image, a broken record
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
     except tf.errors.InvalidArgumentError as e:  # e.g. class ids >= --num_classes
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e.message}") from None

@@ -34,6 +34,7 @@ from fcn8s_tf import export as export_lib
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import model as model_lib
+from fcn8s_tf import records
 from fcn8s_tf import voc
 from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf.config import TrainConfig
@@ -66,25 +67,10 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- input --
-def count_examples(file_pattern: str) -> int:
-    """Examples behind a pattern: from the converter's manifest.json if present, else counted."""
-    files = input_pipeline.list_files(file_pattern)
-    manifest_path = os.path.join(os.path.dirname(files[0]), "manifest.json")
-    if tf.io.gfile.exists(manifest_path):
-        with tf.io.gfile.GFile(manifest_path) as f:
-            manifest = json.load(f)
-        counts = {os.path.basename(s["file"]): s["count"]
-                  for split in manifest.get("splits", {}).values()
-                  for s in split.get("shards", [])}
-        if all(os.path.basename(p) in counts for p in files):
-            return sum(counts[os.path.basename(p)] for p in files)
-    return sum(1 for _ in tf.data.TFRecordDataset(files))
-
-
 def resolve_train_steps(config: TrainConfig) -> int:
     if config.train_steps:
         return config.train_steps
-    num_examples = count_examples(config.train_data)
+    num_examples = records.count_examples(config.train_data)
     return max(1, math.ceil(config.epochs * num_examples / config.batch_size))
 
 
@@ -427,7 +413,9 @@ class _InTrainingEval:
         hook = _LossAndPictures(config.tb_images if self.chief else 0)
         t0 = time.time()
         result, _ = evaluate_lib.evaluate(
-            self.predict_fn, input_pipeline.eval_dataset(config.val_data), config.num_classes,
+            self.predict_fn,
+            input_pipeline.eval_dataset(config.val_data, num_classes=config.num_classes),
+            config.num_classes,
             max_images=config.eval_max_images, hooks=[hook], log_every=0)
         result["loss"] = hook.loss
         logging.info("step %d  val loss %.4f  mIoU %.4f  pixel acc %.4f  on %s  (%.0f s)", step,
@@ -449,7 +437,7 @@ class _InTrainingEval:
         if not self.config.eval_max_images:
             return f"all {scored} images"
         if self.split_size is None:
-            self.split_size = count_examples(self.config.val_data)
+            self.split_size = records.count_examples(self.config.val_data)
         if scored >= self.split_size:
             return f"all {scored} images"
         return (f"{scored} of {self.split_size} images "
@@ -489,9 +477,9 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} does not divide evenly over {replicas} "
                          f"replicas; use a multiple of {replicas}.")
-    input_pipeline.list_files(config.train_data)  # fail on a bad pattern before building
+    records.list_files(config.train_data)  # a bad pattern or a broken file fails now
     if config.val_data:
-        input_pipeline.list_files(config.val_data)
+        records.list_files(config.val_data)
     total_steps = resolve_train_steps(config)
     _check_workdir(config)
     lock = (workdir_lib.RunLock(config.workdir, log=logging.warning) if chief
@@ -549,7 +537,8 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, tot
     # resumed run sees a fresh permutation instead of replaying the epoch it already saw.
     dataset_fn = input_pipeline.train_dataset_fn(
         config.train_data, config.batch_size, base_size=(config.base_size, config.base_size),
-        seed=config.seed + start_step, shuffle_buffer=config.shuffle_buffer)
+        seed=config.seed + start_step, shuffle_buffer=config.shuffle_buffer,
+        num_classes=config.num_classes)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(strategy, model, optimizer, config)
 
@@ -562,42 +551,44 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, tot
         train_writer = eval_writer = tf.summary.create_noop_writer()
     evaluate_and_log = _InTrainingEval(model, config, eval_writer, chief)
 
-    # --- the loop.
-    last_eval, loss_value = None, float("nan")
-    window_loss, window_steps, window_start = 0.0, 0, time.time()
-    run_start = time.time()
-    for step in range(start_step, total_steps):
-        batch = next(iterator)
-        loss, _ = train_step(batch, tf.constant(step, tf.int64))
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
-                f"--precision=float32, or check the labels (values must be "
-                f"0..{config.num_classes - 1} or 255).")
-        step_var.assign(step + 1)
-        window_loss += loss_value
-        window_steps += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == total_steps:
-            elapsed = time.time() - window_start
-            images_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
-            # Keras evaluates a schedule at optimizer.iterations here (== done).
-            lr = float(tf.convert_to_tensor(optimizer.learning_rate))
-            eta = (total_steps - done) * elapsed / window_steps
-            logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done, total_steps,
-                         window_loss / window_steps, lr, images_per_s, _hms(eta))
-            with train_writer.as_default(step=done):
-                tf.summary.scalar("loss", window_loss / window_steps)
-                tf.summary.scalar("learning_rate", lr)
-                tf.summary.scalar("images_per_second", images_per_s)
-            window_loss, window_steps, window_start = 0.0, 0, time.time()
-        if done % config.checkpoint_every == 0 or done == total_steps:
-            manager.save(checkpoint_number=done)
-        preemption.save_checkpoint_if_preempted(checkpoint_number=done)
-        eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
-        if config.val_data and chief and eval_due:
-            last_eval = evaluate_and_log(done)
+    # --- the loop. A broken record or a bad label value becomes one line naming its file.
+    patterns = [p for p in (config.train_data, config.val_data) if p]
+    with input_pipeline.data_errors_named(*patterns):
+        last_eval, loss_value = None, float("nan")
+        window_loss, window_steps, window_start = 0.0, 0, time.time()
+        run_start = time.time()
+        for step in range(start_step, total_steps):
+            batch = next(iterator)
+            loss, _ = train_step(batch, tf.constant(step, tf.int64))
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
+                    f"--precision=float32, or check the labels (values must be "
+                    f"0..{config.num_classes - 1} or 255).")
+            step_var.assign(step + 1)
+            window_loss += loss_value
+            window_steps += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == total_steps:
+                elapsed = time.time() - window_start
+                images_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
+                # Keras evaluates a schedule at optimizer.iterations here (== done).
+                lr = float(tf.convert_to_tensor(optimizer.learning_rate))
+                eta = (total_steps - done) * elapsed / window_steps
+                logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done,
+                             total_steps, window_loss / window_steps, lr, images_per_s, _hms(eta))
+                with train_writer.as_default(step=done):
+                    tf.summary.scalar("loss", window_loss / window_steps)
+                    tf.summary.scalar("learning_rate", lr)
+                    tf.summary.scalar("images_per_second", images_per_s)
+                window_loss, window_steps, window_start = 0.0, 0, time.time()
+            if done % config.checkpoint_every == 0 or done == total_steps:
+                manager.save(checkpoint_number=done)
+            preemption.save_checkpoint_if_preempted(checkpoint_number=done)
+            eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
+            if config.val_data and chief and eval_due:
+                last_eval = evaluate_and_log(done)
 
     # --- the end: export (the eval twin, when there is one, already holds the final weights in
     # the served form; otherwise export_saved_model builds that twin itself) and the last metrics.
@@ -637,7 +628,8 @@ def main(argv):
         print(f"fcn8s_tf.train: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
     except (NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError,
-            NotADirectoryError, PermissionError, workdir_lib.WorkdirInUseError) as e:
+            NotADirectoryError, PermissionError, workdir_lib.WorkdirInUseError,
+            records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.train: {e}") from None
     except tf.errors.OpError as e:  # e.g. a workdir TensorFlow cannot write (gfile)
         raise SystemExit(f"fcn8s_tf.train: {type(e).__name__}: {e.message}") from None

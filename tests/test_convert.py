@@ -102,8 +102,11 @@ def _read_split(output_dir: Path, manifest: dict, split: str):
 
 
 def _left_behind(output_dir: Path):
-    """Everything in output_dir (hidden temporary folders included); [] when it does not exist."""
-    return sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else []
+    """Everything in output_dir (hidden temporary folders included), then the converter's
+    temporary folders beside it as "../<name>"; [] when there is nothing."""
+    inside = sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else []
+    beside = sorted(f"../{p.name}" for p in output_dir.parent.glob(".tmp-make_tfrecords-*"))
+    return inside + beside
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,19 +1,16 @@
-"""Tests for fcn8s_tf.input_pipeline on shards written with records.encode_example.
+"""Tests for fcn8s_tf.input_pipeline on shards written with tests/record_utils.py.
 
 Each example k has a constant image colour that encodes k and a label of class k % 21 with a 255
 border, so a test can tell which example an element came from and that image and label stayed
 paired through the shuffles.
 """
 
-import io
-import os
-
 import numpy as np
 import pytest
-from PIL import Image
 import tensorflow as tf
 
-from fcn8s_tf import input_pipeline, records
+import record_utils
+from fcn8s_tf import convert, input_pipeline
 from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES
 
 NUM_EXAMPLES = 12
@@ -28,13 +25,6 @@ def _colour(k):
 def _example_id(colour_pixel):
     """Inverse of _colour on the red channel (exact for PNG, within JPEG error otherwise)."""
     return int(round((float(colour_pixel[0]) - 5) / 10))
-
-
-def _encode(array, fmt, mode=None):
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format=fmt, **({"quality": 95}
-                                                                   if fmt == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def _make_example(k, constant=True):
@@ -53,24 +43,21 @@ def _make_example(k, constant=True):
 
 def _write_shards(directory, split="train", num_shards=NUM_SHARDS, constant=True,
                   image_format="png"):
-    """Writes NUM_EXAMPLES examples round-robin into shards named like the converter's."""
-    paths = [os.path.join(directory, f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")
-             for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(p) for p in paths]
-    examples = {}
+    """Writes NUM_EXAMPLES examples into shards (contiguous blocks, as the converter).
+
+    Returns the pattern and {name: (image, label, image bytes, format, shard index)}.
+    """
+    bounds = convert.shard_bounds(NUM_EXAMPLES, num_shards)
+    items, examples = [], {}
     for k in range(NUM_EXAMPLES):
         image, label = _make_example(k, constant)
         fmt = "jpeg" if (image_format == "mixed" and k % 2) else image_format.replace("mixed",
                                                                                       "png")
-        image_bytes = _encode(image, "JPEG" if fmt == "jpeg" else "PNG")
-        label_bytes = _encode(label, "PNG", mode="L")
-        name = f"ex_{k:03d}"
-        writers[k % num_shards].write(records.encode_example(
-            image_bytes, label_bytes, image.shape[0], image.shape[1], name, image_format=fmt))
-        examples[name] = (image, label, image_bytes, fmt, k % num_shards)
-    for writer in writers:
-        writer.close()
-    return os.path.join(directory, f"{split}-*-of-{num_shards:05d}.tfrecord"), examples
+        item = record_utils.example(image, label, f"ex_{k:03d}", image_format=fmt)
+        shard = next(i for i, (start, stop) in enumerate(bounds) if start <= k < stop)
+        items.append(item)
+        examples[item.filename] = (image, label, item.image, fmt, shard)
+    return record_utils.write_shards(directory, split, items, num_shards), examples
 
 
 def _ids_seen(dataset, num_batches):
@@ -161,7 +148,8 @@ def test_pipelines_see_disjoint_examples(tmp_path, num_shards, num_pipelines):
         for pipeline_seen in seen:
             shards = {examples[f"ex_{k:03d}"][4] for k in pipeline_seen}
             assert all(examples[f"ex_{k:03d}"][4] in shards for k in pipeline_seen)
-            assert pipeline_seen == {k for k in range(NUM_EXAMPLES) if k % num_shards in shards}
+            assert pipeline_seen == {k for k in range(NUM_EXAMPLES)
+                                     if examples[f"ex_{k:03d}"][4] in shards}
 
 
 def test_train_dataset_fn_with_strategy(tmp_path):
@@ -175,9 +163,8 @@ def test_train_dataset_fn_with_strategy(tmp_path):
 def test_eval_dataset_original_pixels_order_and_names(tmp_path):
     pattern, examples = _write_shards(str(tmp_path), constant=False, image_format="mixed")
     elements = list(input_pipeline.eval_dataset(pattern))
-    # Files in sorted order, each front to back.
-    expected_names = [f"ex_{k:03d}" for shard in range(NUM_SHARDS)
-                      for k in range(shard, NUM_EXAMPLES, NUM_SHARDS)]
+    # Files in sorted order, each front to back: contiguous blocks give the examples in order.
+    expected_names = [f"ex_{k:03d}" for k in range(NUM_EXAMPLES)]
     assert [name.numpy().decode() for _, _, name in elements] == expected_names
     for image, label, name in elements:
         source_image, source_label, image_bytes, fmt, _ = examples[name.numpy().decode()]

@@ -263,14 +263,15 @@ def test_no_warmup_constant_is_a_plain_float():
     assert train_lib.make_learning_rate(config, total_steps=10) == 3e-4
 
 
-def test_epochs_use_the_converter_manifest(tmp_path):
+def test_epochs_count_the_records(tmp_path):
     pattern = write_records(tmp_path / "records", "train", 10, 2)
     config = train_lib.TrainConfig(train_data=pattern, workdir="w", epochs=2.5, batch_size=4)
-    assert train_lib.resolve_train_steps(config) == 7  # ceil(2.5 * 10 / 4), by counting
-    # With a manifest (as the converter writes), its counts are used and the files not read.
+    assert train_lib.resolve_train_steps(config) == 7  # ceil(2.5 * 10 / 4)
+    # A manifest (as the converter writes) that disagrees with the files is an error naming them.
     (tmp_path / "records" / "manifest.json").write_text(json.dumps({"splits": {"train": {
         "shards": [{"file": f"train-{i:05d}-of-00002.tfrecord", "count": 50} for i in range(2)]}}}))
-    assert train_lib.resolve_train_steps(config) == 63  # ceil(2.5 * 100 / 4)
+    with pytest.raises(records.DataError, match="train-00000-of-00002.tfrecord"):
+        train_lib.resolve_train_steps(config)
 
 
 @pytest.mark.parametrize("cluster, task, chief", [

@@ -167,3 +167,26 @@ def test_a_file_where_the_workdir_should_be_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("fcn8s_tf.train:") and str(tmp_path / "file") in last
+
+
+def test_broken_data_is_one_line_naming_the_file(tmp_path):
+    """A truncated shard, and a label value the net cannot have, through the training CLI."""
+    import record_utils  # tests/ is on the path (pytest rootdir)
+    pattern = _identical_records(tmp_path / "records")
+    shard = record_utils.shard_files(pattern)[0]
+    record_utils.truncate(shard, 100)
+    proc = subprocess.run(_args(pattern, tmp_path / "run", 1), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert Path(shard).name in proc.stderr.strip().splitlines()[-1]
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((16, 16), np.uint8)
+    label[4:8, 4:8] = 7  # a class id of a 3-class net
+    bad = record_utils.write_shards(tmp_path / "bad", "train", [record_utils.example(
+        rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), label, "seven")] * 2, 1)
+    proc = subprocess.run(_args(bad, tmp_path / "run2", 1), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "train-00000-of-00001.tfrecord" in last and "seven" in last, last

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo smoke bench clean
+.PHONY: install test test-fast demo smoke bench bench-deps clean
 
 install: $(STAMP)
 
@@ -57,8 +57,14 @@ smoke: $(STAMP)
 	rm -rf runs/smoke
 	$(PY) -m fcn8s_tf.train --flagfile=configs/smoke.flags
 
+# PyTorch for the side-by-side rows of `make bench` only; never a dependency of fcn8s_tf.
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -r requirements/bench-torch.txt
+
+# SAMPLE_VOC_ROOT=.../VOCdevkit/VOC2012 measures on real VOC files (default: synthetic images).
 bench: $(STAMP)
-	$(PY) tools/benchmark.py --output=BENCHMARKS.md --json_output=benchmarks.json
+	$(PY) tools/benchmark.py --output=BENCHMARKS.md --json_output=benchmarks.json \
+	    $(if $(SAMPLE_VOC_ROOT),--sample_voc_root=$(SAMPLE_VOC_ROOT))
 
 clean:
 	rm -rf $(VENV) data/demo build dist *.egg-info

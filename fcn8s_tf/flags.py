@@ -93,7 +93,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("amsgrad", d["amsgrad"], "AMSGrad variant of Adam (as the course report's "
                       "algorithm).", **fv)
     flags.DEFINE_enum("precision", d["precision"], list(config_lib.PRECISIONS),
-                      "Keras mixed-precision policy. mixed_float16 adds dynamic loss scaling.",
+                      "Keras mixed-precision policy. auto (default): mixed_bfloat16 on GPUs of "
+                      "compute capability >= 8.0 and CPUs with AMX/AVX512_BF16, mixed_float16 on "
+                      "7.x GPUs, float32 otherwise (logged at start). mixed_float16 adds dynamic "
+                      "loss scaling.",
                       **fv)
     flags.DEFINE_bool("xla", d["xla"], "jit-compile the per-replica model step (forward, loss, "
                       "gradient). Off by default: not faster on the CPUs measured (BUILD.md).",

@@ -12,6 +12,7 @@ the loop.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
 from fcn8s_tf import voc
 from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf import config as config_lib
 from fcn8s_tf.config import TrainConfig
 
 
@@ -448,8 +450,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
           flags_text: str = "") -> Dict:
     """Trains (or resumes) a run in config.workdir; returns the last metrics and paths.
 
-    Keras's mixed-precision policy is process-global: it is set to config.precision for the run
-    and restored afterwards, so models built later in the same process are not affected.
+    Keras's mixed-precision policy is process-global: it is set to config.precision (resolved
+    first when "auto": config.resolve_precision) for the run and restored afterwards, so models built later in the same process are not affected.
 
     Args:
         config: the run's settings.
@@ -460,6 +462,9 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
         dict with "step", "loss", "eval" (the last metrics or None), "export" (path or None) and
         "finished_before" (True when the workdir already held the final step: nothing was done).
     """
+    policy, why = config_lib.resolve_precision(config.precision)
+    logging.info("Precision %s (--precision=%s: %s)", policy, config.precision, why)
+    config = dataclasses.replace(config, precision=policy)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:

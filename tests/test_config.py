@@ -11,6 +11,7 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
+import numpy as np
 import pytest
 
 from fcn8s_tf import augment
@@ -18,6 +19,7 @@ from fcn8s_tf import config as config_lib
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import model as model_lib
+from fcn8s_tf import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +103,46 @@ def test_importing_the_library_defines_no_flag():
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------------------- --precision --
+@pytest.mark.parametrize("gpus, cpu_flags, policy", [
+    ([], {"avx2", "fma"}, "float32"),                              # AMD Zen 3: bf16 emulated
+    ([], {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "mixed_bfloat16"),  # Sapphire Rapids
+    ([], {"avx512f", "avx512_bf16"}, "mixed_bfloat16"),            # Cooper Lake, Zen 4
+    ([(8, 0)], {"avx2"}, "mixed_bfloat16"),                        # A100
+    ([(9, 0), (9, 0)], set(), "mixed_bfloat16"),                   # H100 x2
+    ([(7, 0)], {"amx_bf16"}, "mixed_float16"),                     # V100: the GPU decides
+    ([(7, 5)], set(), "mixed_float16"),                            # T4
+    ([(6, 1)], set(), "float32"),                                  # P40
+    ([(8, 6), (7, 5)], set(), "mixed_float16"),                    # mixed GPUs: the oldest
+])
+def test_auto_precision_from_device_facts(gpus, cpu_flags, policy):
+    chosen, why = config_lib.choose_precision(gpus, frozenset(cpu_flags))
+    assert chosen == policy
+    assert why  # logged at start-up
+
+
+def test_explicit_precision_is_kept():
+    assert config_lib.resolve_precision("mixed_float16")[0] == "mixed_float16"
+    # auto on this machine: whatever its facts say, one of the policies.
+    assert config_lib.resolve_precision("auto")[0] in config_lib.POLICIES
+
+
+@pytest.mark.parametrize("precision", config_lib.POLICIES)
+def test_one_training_step_under_each_policy(tmp_path, precision):
+    """mixed_float16 goes through LossScaleOptimizer, which only this test runs."""
+    from fcn8s_tf import train as train_lib
+    from test_train import write_records
+    config = config_lib.TrainConfig(
+        train_data=write_records(tmp_path / "records", "train", 2, 1), workdir=str(tmp_path / "run"),
+        base_size=16, crop_size=16, num_classes=3, backbone_weights=None, fc_units=8,
+        train_steps=1, batch_size=1, learning_rate=1e-2, eval_every=0, export=False,
+        train_backbone=False, precision=precision)
+    result = train_lib.train(config)
+    assert result["step"] == 1 and np.isfinite(result["loss"])
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    model, _ = workdir_lib.load_model(config.workdir)  # a float32 net from the checkpoint
+    moved = model.get_layer("score_fr").get_weights()[0]
+    assert np.abs(moved).max() > 0  # the step updated the zero-initialised score layer

@@ -7,22 +7,19 @@ MultiWorkerMirroredStrategy from TF_CONFIG. A custom loop (not `model.fit`, see 
     count -> gradients of (replica loss sum / GLOBAL valid count), summed over replicas by the
     optimizer -> Adam update.
 
-Stages below: config, strategy, input, model + optimizer, update step, evaluation, checkpoints,
-the loop.
+Stages below: input, model + optimizer, update step, evaluation, workdir, the run (build and
+restore, the loop, the end). Settings live in config.py, flags in flags.py, strategies and
+preemption in distribute.py, the run directory's files in workdir.py.
 """
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app
 from absl import logging
@@ -30,6 +27,8 @@ import keras
 import tensorflow as tf
 
 from fcn8s_tf import augment
+from fcn8s_tf import config as config_lib
+from fcn8s_tf import distribute
 from fcn8s_tf import evaluate as evaluate_lib
 from fcn8s_tf import export as export_lib
 from fcn8s_tf import flags as flags_lib
@@ -38,38 +37,12 @@ from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
 from fcn8s_tf import voc
 from fcn8s_tf import workdir as workdir_lib
-from fcn8s_tf import config as config_lib
 from fcn8s_tf.config import TrainConfig
-
-
-# -------------------------------------------------------------------------------------- strategy --
-def make_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
-    """MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, else MirroredStrategy.
-
-    MirroredStrategy() takes every visible GPU, or the CPU when there is none, so the same code runs
-    on a laptop and an 8-GPU box. `devices` overrides the local device list (tests split the CPU).
-    """
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    num_workers = sum(len(v) for k, v in tf_config.get("cluster", {}).items()
-                                        if k in ("chief", "worker"))
-    if num_workers > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.MirroredStrategy(devices=devices)
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """True on the worker that writes checkpoints, summaries and the export."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
 # ----------------------------------------------------------------------------------------- input --
 def resolve_train_steps(config: TrainConfig) -> int:
+    """--train_steps, or --epochs over the training records."""
     if config.train_steps:
         return config.train_steps
     num_examples = records.count_examples(config.train_data)
@@ -249,14 +222,6 @@ def write_eval_images(writer, examples: list, step: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- checkpoints --
-def _checkpoint_dir(workdir: str, chief: bool) -> str:
-    """Chief writes to <workdir>/checkpoints; other workers to a temp dir they delete (TF's recipe
-    for MultiWorkerMirroredStrategy: every worker must take part in the save)."""
-    if chief:
-        return workdir_lib.path(workdir, workdir_lib.CHECKPOINT_DIR)
-    return tempfile.mkdtemp(prefix="fcn8s_worker_ckpt_")
-
-
 def _check_workdir(config: TrainConfig) -> None:
     """Fails, before anything is written, when the workdir or --init_from holds another net."""
     if workdir_lib.latest_checkpoint(config.workdir):
@@ -265,7 +230,7 @@ def _check_workdir(config: TrainConfig) -> None:
             raise ValueError(f"{config.workdir} holds a run of another net: {'; '.join(differ)}. "
                              "Use those values to resume it, or another --workdir.")
     if config.init_from:
-        init_checkpoint(config.init_from, config.model_kwargs())
+        workdir_lib.init_checkpoint(config.init_from, config.model_kwargs())
 
 
 def _write_run_files(config: TrainConfig, flags_text: str) -> None:
@@ -278,113 +243,6 @@ def _write_run_files(config: TrainConfig, flags_text: str) -> None:
     workdir_lib.remove_stale_temp_dirs(
         workdir_lib.path(config.workdir, workdir_lib.CHECKPOINT_DIR),
         lambda name: name.endswith("_temp"), log=logging.warning)
-
-
-def init_checkpoint(source: str, model_kwargs: Dict) -> str:
-    """The checkpoint `--init_from=source` names, after checking its net matches this run's.
-
-    Args:
-        source: a workdir (model_config.json + checkpoints/; its newest checkpoint), a directory of
-            checkpoints, or a checkpoint path (the prefix before .index).
-        model_kwargs: this run's build_fcn8s arguments (TrainConfig.model_kwargs()).
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        ValueError: the source's model_config.json describes another net (num_classes, fc_units or
-            skip_scales: what the weights cannot fit or do not say).
-    """
-    if tf.io.gfile.exists(workdir_lib.path(source, workdir_lib.CONFIG_FILE)):
-        differ = workdir_lib.model_config_differences(source, model_kwargs)
-        if differ:
-            raise ValueError(f"--init_from={source} holds another net: {'; '.join(differ)}. "
-                             "Set those flags as its model_config.json says.")
-    if tf.io.gfile.isdir(source):
-        checkpoint_dir = workdir_lib.path(source, workdir_lib.CHECKPOINT_DIR)
-        if not tf.io.gfile.isdir(checkpoint_dir):
-            checkpoint_dir = source
-        path = tf.train.latest_checkpoint(checkpoint_dir)
-        if path is None:
-            raise FileNotFoundError(f"--init_from={source}: no checkpoint in {checkpoint_dir}")
-        return path
-    if tf.io.gfile.exists(source + ".index"):
-        return source
-    raise FileNotFoundError(f"--init_from={source}: neither a workdir, a checkpoint directory, "
-                            f"nor a checkpoint ({source}.index does not exist)")
-
-
-def init_model_from(model: keras.Model, source: str, model_kwargs: Dict) -> str:
-    """Loads the model weights (not the optimizer, not the step) of a workdir or checkpoint.
-
-    For fine-tuning a run from another one, e.g. the published FCN-8s that
-    tools/import_weights.py writes. Returns the checkpoint path loaded; raises as init_checkpoint,
-    and ValueError when a model weight is missing from the checkpoint or has another shape.
-    """
-    path = init_checkpoint(source, model_kwargs)
-    try:
-        status = tf.train.Checkpoint(model=model).restore(path)
-        status.expect_partial()  # an optimizer or step in the file is not wanted here...
-        status.assert_existing_objects_matched()  # ...but every model weight is
-    except (AssertionError, ValueError) as e:
-        raise ValueError(f"--init_from={source}: {path} does not hold this model's weights: "
-                         f"{str(e)[:500]}") from None
-    return path
-
-
-# ------------------------------------------------------------------------------------ preemption --
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped training after a checkpoint of the current step was saved."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Optional[str]):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
-                         f"{checkpoint} saved. Run the same command to resume.")
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-
-
-class _TerminationSignals:
-    """SIGTERM and SIGINT (a cloud preemption, `kill`, Ctrl-C) become a flag to poll.
-
-    The flag feeds tf.distribute's PreemptionCheckpointHandler (its `termination_watcher_fn`),
-    which saves a checkpoint at the next step boundary, in step with every worker of a cluster,
-    and then stops training. A second Ctrl-C stops at once, without that checkpoint.
-    """
-
-    def __init__(self):
-        self.received = None  # the first signal's number
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal() works only there
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            self.received = signum
-            logging.warning("%s received: saving a checkpoint at the end of this step, then "
-                            "stopping (Ctrl-C again to stop without it)",
-                            signal.Signals(signum).name)
-
-    def is_set(self) -> bool:
-        return self.received is not None
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def _preemption_handler(strategy, manager, signals: _TerminationSignals, step_var):
-    """tf.distribute's PreemptionCheckpointHandler, saving through our CheckpointManager."""
-
-    def stop():
-        raise TrainingInterrupted(signals.received or signal.SIGTERM, int(step_var.numpy()),
-                                  manager.latest_checkpoint)
-
-    return tf.distribute.experimental.PreemptionCheckpointHandler(
-        getattr(strategy, "cluster_resolver", None), manager,
-        termination_config=tf.distribute.experimental.TerminationConfig(
-            termination_watcher_fn=signals.is_set, exit_fn=stop, grace_period=0))
 
 
 # ------------------------------------------------------------------------------------------ loop --
@@ -451,7 +309,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     """Trains (or resumes) a run in config.workdir; returns the last metrics and paths.
 
     Keras's mixed-precision policy is process-global: it is set to config.precision (resolved
-    first when "auto": config.resolve_precision) for the run and restored afterwards, so models built later in the same process are not affected.
+    first when "auto": config.resolve_precision) for the run and restored afterwards, so models
+    built later in the same process are not affected.
 
     Args:
         config: the run's settings.
@@ -461,6 +320,8 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     Returns:
         dict with "step", "loss", "eval" (the last metrics or None), "export" (path or None) and
         "finished_before" (True when the workdir already held the final step: nothing was done).
+    Raises:
+        distribute.TrainingInterrupted: SIGTERM/SIGINT; a checkpoint of the current step was saved.
     """
     policy, why = config_lib.resolve_precision(config.precision)
     logging.info("Precision %s (--precision=%s: %s)", policy, config.precision, why)
@@ -474,10 +335,9 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
 
 
 def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: str) -> Dict:
-    """train() under the run's precision policy."""
-    # --- strategy and settings: everything that can be wrong fails before the workdir changes.
-    strategy = make_strategy(devices)
-    chief = is_chief(strategy)
+    """train() under the run's precision policy: checks, then the run with the workdir locked."""
+    strategy = distribute.make_strategy(devices)
+    chief = distribute.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(f"--batch_size={config.batch_size} does not divide evenly over {replicas} "
@@ -486,24 +346,40 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
     if config.val_data:
         records.list_files(config.val_data)
     total_steps = resolve_train_steps(config)
-    _check_workdir(config)
+    _check_workdir(config)  # everything that can be wrong fails before the workdir changes
     lock = (workdir_lib.RunLock(config.workdir, log=logging.warning) if chief
             else contextlib.nullcontext())
-    with lock, _TerminationSignals() as signals:
+    with lock, distribute.TerminationSignals() as signals:
         if chief:
             _write_run_files(config, flags_text)
-        return _run(config, strategy, chief, total_steps, signals)
+        logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
+                     type(strategy).__name__, replicas, total_steps, config.batch_size,
+                     config.precision)
+        state = _build_and_restore(config, strategy, chief, signals, total_steps)
+        if state.start_step >= total_steps:
+            logging.info("%s already holds step %d of %d: finished, nothing to do (export it "
+                         "again with python -m fcn8s_tf.export --workdir=%s)", config.workdir,
+                         state.start_step, total_steps, config.workdir)
+            return {"step": state.start_step, "loss": None, "eval": None, "export": None,
+                    "finished_before": True}
+        return _run(config, strategy, state, total_steps)
 
 
-def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, total_steps: int,
-         signals: _TerminationSignals) -> Dict:
-    """The run itself, with the workdir checked, locked and its run files written."""
-    replicas = strategy.num_replicas_in_sync
-    logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
-                 type(strategy).__name__, replicas, total_steps, config.batch_size,
-                 config.precision)
+@dataclasses.dataclass
+class _State:
+    """What the stages of a run share."""
+    model: keras.Model
+    optimizer: Any
+    step: tf.Variable
+    manager: tf.train.CheckpointManager
+    preemption: Any  # tf.distribute.experimental.PreemptionCheckpointHandler
+    chief: bool
+    start_step: int = 0
 
-    # --- model, optimizer, checkpoint (resume, or start from --init_from).
+
+def _build_and_restore(config: TrainConfig, strategy, chief: bool, signals,
+                       total_steps: int) -> _State:
+    """Model, optimizer and checkpoint; resumes this run, or starts from --init_from."""
     with strategy.scope():
         model, optimizer = build_model_and_optimizer(config, total_steps)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -513,12 +389,13 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, tot
         rng_state = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
                                          dropout_rng=rng_state)
-    ckpt_dir = _checkpoint_dir(config.workdir, chief)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=config.keep_checkpoints)
+    manager = tf.train.CheckpointManager(
+        checkpoint, distribute.checkpoint_dir(config.workdir, chief),
+        max_to_keep=config.keep_checkpoints)
     # Saves a checkpoint of the current step on SIGTERM/SIGINT (on every worker of a cluster at
     # the same step), then raises TrainingInterrupted. It restores the manager's latest checkpoint
     # itself; the explicit restore below also covers workers whose manager writes to a temp dir.
-    preemption = _preemption_handler(strategy, manager, signals, step_var)
+    preemption = distribute.preemption_handler(strategy, manager, signals, step_var)
     latest = workdir_lib.latest_checkpoint(config.workdir)  # the chief's, on every worker
     if latest:
         checkpoint.restore(latest)
@@ -527,93 +404,96 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, chief: bool, tot
             logging.info("--init_from=%s ignored: resuming this run's own checkpoint",
                          config.init_from)
     elif config.init_from:
-        loaded = init_model_from(model, config.init_from, config.model_kwargs())
+        loaded = workdir_lib.init_model_from(model, config.init_from, config.model_kwargs())
         logging.info("Model weights from %s (--init_from); optimizer and step start fresh", loaded)
-    start_step = int(step_var.numpy())
-    if start_step >= total_steps:
-        logging.info("%s already holds step %d of %d: finished, nothing to do (export it again "
-                     "with python -m fcn8s_tf.export --workdir=%s)", config.workdir, start_step,
-                     total_steps, config.workdir)
-        return {"step": start_step, "loss": None, "eval": None, "export": None,
-                "finished_before": True}
+    return _State(model, optimizer, step_var, manager, preemption, chief,
+                  start_step=int(step_var.numpy()))
 
-    # --- input and update step. The data order is reseeded with the resume step: the tf.data
-    # iterator is not checkpointed (its shuffle buffer would go into every checkpoint), so a
-    # resumed run sees a fresh permutation instead of replaying the epoch it already saw.
+
+def _run(config: TrainConfig, strategy, state: _State, total_steps: int) -> Dict:
+    """Input, update step, summaries, the loop, and the end (export, val_metrics.json)."""
+    # The data order is reseeded with the resume step: the tf.data iterator is not checkpointed
+    # (its shuffle buffer would go into every checkpoint), so a resumed run sees a fresh
+    # permutation instead of replaying the epoch it already saw.
     dataset_fn = input_pipeline.train_dataset_fn(
         config.train_data, config.batch_size, base_size=(config.base_size, config.base_size),
-        seed=config.seed + start_step, shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed + state.start_step, shuffle_buffer=config.shuffle_buffer,
         num_classes=config.num_classes)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_step = make_train_step(strategy, model, optimizer, config)
-
-    # --- summaries and evaluation (chief only).
+    train_step = make_train_step(strategy, state.model, state.optimizer, config)
     summary_dir = workdir_lib.path(config.workdir, workdir_lib.TENSORBOARD_DIR)
-    if chief:
+    if state.chief:
         train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
         eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "val"))
     else:
         train_writer = eval_writer = tf.summary.create_noop_writer()
-    evaluate_and_log = _InTrainingEval(model, config, eval_writer, chief)
+    evaluate_and_log = _InTrainingEval(state.model, config, eval_writer, state.chief)
 
-    # --- the loop. A broken record or a bad label value becomes one line naming its file.
+    run_start = time.time()
+    # A broken record or a bad label value becomes one line naming its file.
     patterns = [p for p in (config.train_data, config.val_data) if p]
     with input_pipeline.data_errors_named(*patterns):
-        last_eval, loss_value = None, float("nan")
-        window_loss, window_steps, window_start = 0.0, 0, time.time()
-        run_start = time.time()
-        for step in range(start_step, total_steps):
-            batch = next(iterator)
-            loss, _ = train_step(batch, tf.constant(step, tf.int64))
-            loss_value = float(loss)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
-                    f"--precision=float32, or check the labels (values must be "
-                    f"0..{config.num_classes - 1} or 255).")
-            step_var.assign(step + 1)
-            window_loss += loss_value
-            window_steps += 1
-            done = step + 1
-            if done % config.log_every == 0 or done == total_steps:
-                elapsed = time.time() - window_start
-                images_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
-                # Keras evaluates a schedule at optimizer.iterations here (== done).
-                lr = float(tf.convert_to_tensor(optimizer.learning_rate))
-                eta = (total_steps - done) * elapsed / window_steps
-                logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done,
-                             total_steps, window_loss / window_steps, lr, images_per_s, _hms(eta))
-                with train_writer.as_default(step=done):
-                    tf.summary.scalar("loss", window_loss / window_steps)
-                    tf.summary.scalar("learning_rate", lr)
-                    tf.summary.scalar("images_per_second", images_per_s)
-                window_loss, window_steps, window_start = 0.0, 0, time.time()
-            if done % config.checkpoint_every == 0 or done == total_steps:
-                manager.save(checkpoint_number=done)
-            preemption.save_checkpoint_if_preempted(checkpoint_number=done)
-            eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
-            if config.val_data and chief and eval_due:
-                last_eval = evaluate_and_log(done)
-
-    # --- the end: export (the eval twin, when there is one, already holds the final weights in
-    # the served form; otherwise export_saved_model builds that twin itself) and the last metrics.
-    if not chief:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    logging.info("Trained %d steps in %s", total_steps - start_step, _hms(time.time() - run_start))
+        loss_value, last_eval = _loop(config, state, total_steps, iterator, train_step,
+                                      train_writer, evaluate_and_log)
+    if not state.chief:
+        shutil.rmtree(state.manager.directory, ignore_errors=True)
+    logging.info("Trained %d steps in %s", total_steps - state.start_step,
+                 _hms(time.time() - run_start))
     export_path = None
-    if config.export and chief:
+    if config.export and state.chief:
+        # The eval twin, when there is one, already holds the final weights in the served form;
+        # otherwise export_saved_model builds that twin itself.
         export_path = export_lib.export_saved_model(
-            evaluate_and_log.twin or model,
+            evaluate_and_log.twin or state.model,
             workdir_lib.path(config.workdir, workdir_lib.EXPORT_DIR),
             model_kwargs=config.model_kwargs())
         logging.info("Exported SavedModel to %s", export_path)
-    if last_eval is not None and chief:
+    if last_eval is not None and state.chief:
         workdir_lib.write_json(
             workdir_lib.path(config.workdir, workdir_lib.VAL_METRICS_FILE),
-            evaluate_lib.metrics_payload(last_eval, evaluate_and_log.class_names, step=done,
-                                         data=config.val_data))
-    return {"step": int(step_var.numpy()), "loss": loss_value, "eval": last_eval,
+            evaluate_lib.metrics_payload(last_eval, evaluate_and_log.class_names,
+                                         step=total_steps, data=config.val_data))
+    return {"step": int(state.step.numpy()), "loss": loss_value, "eval": last_eval,
             "export": export_path, "finished_before": False}
+
+
+def _loop(config: TrainConfig, state: _State, total_steps: int, iterator, train_step,
+          train_writer, evaluate_and_log) -> Tuple[float, Optional[Dict]]:
+    """Steps from state.start_step to total_steps; returns (last loss, last evaluation)."""
+    last_eval, loss_value = None, float("nan")
+    window_loss, window_steps, window_start = 0.0, 0, time.time()
+    for step in range(state.start_step, total_steps):
+        loss, _ = train_step(next(iterator), tf.constant(step, tf.int64))
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"Loss became {loss_value} at step {step + 1}. Try a lower --learning_rate, "
+                f"--precision=float32, or check the labels (values must be "
+                f"0..{config.num_classes - 1} or 255).")
+        done = step + 1
+        state.step.assign(done)
+        window_loss += loss_value
+        window_steps += 1
+        if done % config.log_every == 0 or done == total_steps:
+            elapsed = time.time() - window_start
+            images_per_s = window_steps * config.batch_size / max(elapsed, 1e-9)
+            # Keras evaluates a schedule at optimizer.iterations here (== done).
+            lr = float(tf.convert_to_tensor(state.optimizer.learning_rate))
+            eta = (total_steps - done) * elapsed / window_steps
+            logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done, total_steps,
+                         window_loss / window_steps, lr, images_per_s, _hms(eta))
+            with train_writer.as_default(step=done):
+                tf.summary.scalar("loss", window_loss / window_steps)
+                tf.summary.scalar("learning_rate", lr)
+                tf.summary.scalar("images_per_second", images_per_s)
+            window_loss, window_steps, window_start = 0.0, 0, time.time()
+        if done % config.checkpoint_every == 0 or done == total_steps:
+            state.manager.save(checkpoint_number=done)
+        state.preemption.save_checkpoint_if_preempted(checkpoint_number=done)
+        eval_due = (config.eval_every and done % config.eval_every == 0) or done == total_steps
+        if config.val_data and state.chief and eval_due:
+            last_eval = evaluate_and_log(done)
+    return loss_value, last_eval
 
 
 def _hms(seconds: float) -> str:
@@ -629,7 +509,7 @@ def main(argv):
     logging.info("Flags:\n%s", flags_text)
     try:
         result = train(config, flags_text=flags_text)
-    except TrainingInterrupted as e:  # 128 + signal number, as a shell reports a signal
+    except distribute.TrainingInterrupted as e:  # 128 + signal number, as a shell reports a signal
         print(f"fcn8s_tf.train: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
     except (NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError,

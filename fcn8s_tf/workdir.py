@@ -122,14 +122,68 @@ def load_model(workdir: str, num_classes: Optional[int] = None) -> Tuple[Any, st
     if latest is None:
         raise FileNotFoundError(f"{path(workdir, CHECKPOINT_DIR)}: no checkpoint found")
     model = model_lib.build_fcn8s(weights=None, **config)
+    restore_model_weights(model, latest, f"the model in {path(workdir, CONFIG_FILE)}")
+    return model, latest
+
+
+def restore_model_weights(model, checkpoint: str, what: str) -> None:
+    """Restores every weight of `model` from a checkpoint that may hold more (optimizer, step).
+
+    Raises:
+      ValueError: a weight of the model is missing from the checkpoint or has another shape.
+    """
     try:
-        status = tf.train.Checkpoint(model=model).restore(latest)
-        status.expect_partial()  # the optimizer and step are in the file, not needed here
+        status = tf.train.Checkpoint(model=model).restore(checkpoint)
+        status.expect_partial()  # the optimizer and step may be in the file, not needed here
         status.assert_existing_objects_matched()  # ...but every model weight must be
     except (AssertionError, ValueError) as e:  # a missing weight, or one of another shape
-        raise ValueError(f"{latest} does not hold the weights of the model in "
-                         f"{path(workdir, CONFIG_FILE)}: {str(e)[:500]}") from None
-    return model, latest
+        raise ValueError(f"{checkpoint} does not hold the weights of {what}: "
+                         f"{str(e)[:500]}") from None
+
+
+def init_checkpoint(source: str, model_kwargs: Dict[str, Any]) -> str:
+    """The checkpoint `--init_from=source` names, after checking its net matches this run's.
+
+    Args:
+      source: a workdir (model_config.json + checkpoints/; its newest checkpoint), a directory of
+        checkpoints, or a checkpoint path (the prefix before .index).
+      model_kwargs: this run's build_fcn8s arguments (TrainConfig.model_kwargs()).
+    Raises:
+      FileNotFoundError: no checkpoint there.
+      ValueError: the source's model_config.json describes another net (IDENTITY_FIELDS: what
+        the weights cannot fit or do not say).
+    """
+    if tf.io.gfile.exists(path(source, CONFIG_FILE)):
+        differ = model_config_differences(source, model_kwargs)
+        if differ:
+            raise ValueError(f"--init_from={source} holds another net: {'; '.join(differ)}. "
+                             "Set those flags as its model_config.json says.")
+    if tf.io.gfile.isdir(source):
+        checkpoint_dir = path(source, CHECKPOINT_DIR)
+        if not tf.io.gfile.isdir(checkpoint_dir):
+            checkpoint_dir = source
+        found = tf.train.latest_checkpoint(checkpoint_dir)
+        if found is None:
+            raise FileNotFoundError(f"--init_from={source}: no checkpoint in {checkpoint_dir}")
+        return found
+    if tf.io.gfile.exists(source + ".index"):
+        return source
+    raise FileNotFoundError(f"--init_from={source}: neither a workdir, a checkpoint directory, "
+                            f"nor a checkpoint ({source}.index does not exist)")
+
+
+def init_model_from(model, source: str, model_kwargs: Dict[str, Any]) -> str:
+    """Loads the model weights (not the optimizer, not the step) of a workdir or checkpoint.
+
+    For fine-tuning from another run, e.g. the published FCN-8s that tools/import_weights.py
+    writes. Returns the checkpoint loaded; raises as init_checkpoint and restore_model_weights.
+    """
+    checkpoint = init_checkpoint(source, model_kwargs)
+    try:
+        restore_model_weights(model, checkpoint, "this model")
+    except ValueError as e:
+        raise ValueError(f"--init_from={source}: {e}") from None
+    return checkpoint
 
 
 # The build_fcn8s arguments a checkpoint cannot be used without: the first two fix weight shapes,

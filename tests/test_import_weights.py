@@ -717,13 +717,13 @@ def test_init_from_takes_a_checkpoint_path_and_names_what_does_not_fit(tmp_path,
     checkpoint = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     kwargs = json.loads((workdir / "model_config.json").read_text())
     model = model_lib.build_fcn8s(**kwargs)
-    assert train_lib.init_model_from(model, checkpoint, kwargs) == checkpoint
+    assert workdir_lib.init_model_from(model, checkpoint, kwargs) == checkpoint
     imported, _ = workdir_lib.load_model(str(workdir))
     for theirs, ours in zip(imported.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(theirs, ours)
 
     with pytest.raises(FileNotFoundError, match="nothing.index does not exist"):
-        train_lib.init_model_from(model, str(tmp_path / "nothing"), kwargs)
+        workdir_lib.init_model_from(model, str(tmp_path / "nothing"), kwargs)
     wider = dict(kwargs, fc_units=2 * FC_UNITS)
-    with pytest.raises(ValueError, match="does not hold this model's weights"):
-        train_lib.init_model_from(model_lib.build_fcn8s(**wider), checkpoint, wider)
+    with pytest.raises(ValueError, match="does not hold the weights of this model"):
+        workdir_lib.init_model_from(model_lib.build_fcn8s(**wider), checkpoint, wider)

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import distribute
 from fcn8s_tf import records
 from fcn8s_tf import train as train_lib
 
@@ -147,6 +148,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from fcn8s_tf import distribute
     from fcn8s_tf import train as train_lib
     config = train_lib.TrainConfig(train_data="unused", workdir="unused", num_classes=3,
         backbone_weights=None, fc_units=16, dropout_rate=0.0, crop_size=24, scale_range=(1.0, 1.0),
@@ -166,7 +168,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     out = {"divisible_error": divisible_error}
     weights = {}
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
-        strategy = train_lib.make_strategy(devices)
+        strategy = distribute.make_strategy(devices)
         with strategy.scope():
             model, _ = train_lib.build_model_and_optimizer(config, total_steps=1)
             # Plain SGD: its update is proportional to the gradient, so a wrong cross-replica
@@ -287,4 +289,4 @@ def test_is_chief(cluster, task, chief):
     class FakeStrategy:
         cluster_resolver = resolver
 
-    assert train_lib.is_chief(FakeStrategy()) is chief
+    assert distribute.is_chief(FakeStrategy()) is chief

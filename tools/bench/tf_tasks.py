@@ -14,6 +14,7 @@ import tensorflow as tf
 from bench import flops as flops_lib
 from bench import protocol
 from bench.settings import IGNORE_LABEL
+from fcn8s_tf import distribute
 from fcn8s_tf import export as export_lib
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import train as train_lib
@@ -61,7 +62,7 @@ def _build_train_step(precision: str, xla: bool, input_shape: str, batch_size: i
         num_classes=num_classes, backbone_weights=None, fc_units=fc_units,
         batch_size=batch_size, precision=precision, xla=xla, seed=seed,
         fixed_input_shape=(input_shape == "fixed"))
-    strategy = train_lib.make_strategy()
+    strategy = distribute.make_strategy()
     start = time.perf_counter()
     with strategy.scope():
         net, optimizer = train_lib.build_model_and_optimizer(config, 10**6)

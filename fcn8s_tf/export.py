@@ -94,8 +94,11 @@ def main(argv):
         model, _ = workdir_lib.load_model(FLAGS.workdir)
         path = export_saved_model(model, export_base, FLAGS.version,
                                   max_image_pixels=FLAGS.max_image_pixels)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+            ValueError) as e:
         raise SystemExit(f"fcn8s_tf.export: {e}") from None
+    except tf.errors.OpError as e:  # e.g. an --export_dir TensorFlow cannot write
+        raise SystemExit(f"fcn8s_tf.export: {type(e).__name__}: {e.message}") from None
     print(path)
 
 

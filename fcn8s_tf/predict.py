@@ -236,7 +236,12 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
       PredictError: a file that is not an image, a server that does not answer, a bad answer.
     """
     images = [read_image(path) for path in paths]
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except FileExistsError:
+        raise PredictError(f"--output_dir={output_dir} is a file, not a folder") from None
+    except OSError as e:
+        raise PredictError(f"--output_dir={output_dir}: cannot create it ({e.strerror})") from None
     used: Dict[str, int] = {}
     results = []
     for image in images:

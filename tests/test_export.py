@@ -146,3 +146,15 @@ def test_mixed_precision_model_exports_float32(tmp_path):
     assert twin.get_layer("fc6").compute_dtype == "float32"
     for a, b in zip(mixed.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    for args, named in (([f"--workdir={tmp_path / 'nowhere'}"], "model_config.json: not found"),):
+        proc = subprocess.run([sys.executable, "-m", "fcn8s_tf.export", *args], cwd=repo,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert named in proc.stderr.strip().splitlines()[-1]

@@ -303,3 +303,11 @@ def test_cli_errors_exit_1_with_a_message_and_no_traceback(case, images, tmp_pat
     assert proc.returncode == 1
     assert "fcn8s_tf.predict: error:" in proc.stderr and named in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_output_dir_that_is_a_file(export_base, images, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    proc = _run_cli(f"--model={export_base}", f"--output_dir={tmp_path / 'taken'}",
+                    str(images[0]))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"--output_dir={tmp_path / 'taken'} is a file, not a folder" in proc.stderr

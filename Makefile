@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo smoke bench bench-deps clean
+.PHONY: install test test-fast demo docs smoke bench bench-deps clean
 
 install: $(STAMP)
 
@@ -50,6 +50,13 @@ demo: $(STAMP)
 	@echo "  overlays:    $(DEMO_DIR)/predictions/*_overlay.png"
 	@echo "  SavedModel:  $(DEMO_DIR)/run/export/1"
 	@echo "  TensorBoard: $(PY) -m tensorboard.main --logdir $(DEMO_DIR)/run/tensorboard"
+
+# README's pictures, from the demo's own outputs (runs the demo first if it has not run).
+docs: $(STAMP)
+	test -f $(DEMO_DIR)/eval/confusion_matrix.png || $(MAKE) demo
+	mkdir -p docs
+	cp $(DEMO_DIR)/eval/confusion_matrix.png docs/demo_confusion_matrix.png
+	cp "$$(ls $(DEMO_DIR)/predictions/*_overlay.png | head -n 1)" docs/demo_overlay.png
 
 # Install check: two steps of a narrow net on the demo records (run `make demo` first), from an
 # empty workdir each time so that it really trains and exports.

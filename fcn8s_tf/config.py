@@ -35,7 +35,7 @@ class TrainConfig:
     flip_prob: float = augment.DEFAULT_FLIP_PROB
     shuffle_buffer: int = input_pipeline.DEFAULT_SHUFFLE_BUFFER
     # --- model
-    num_classes: int = voc.NUM_CLASSES
+    num_classes: Optional[int] = None    # None: the training records' manifest says, else 21
     backbone_weights: Optional[str] = "imagenet"  # "imagenet", None, or a VGG16 .h5 path
     init_from: Optional[str] = None      # a workdir or checkpoint whose model weights start the run
     fc_units: int = _MODEL_DEFAULTS["fc_units"]
@@ -70,7 +70,7 @@ class TrainConfig:
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The build_fcn8s arguments, also written to <workdir>/model_config.json."""
-        return dict(num_classes=self.num_classes, fc_units=self.fc_units,
+        return dict(num_classes=self.num_classes or voc.NUM_CLASSES, fc_units=self.fc_units,
                     learnable_upsampling=self.learnable_upsampling, dropout_rate=self.dropout_rate,
                     skip_scales=list(self.skip_scales), train_backbone=self.train_backbone)
 
@@ -133,3 +133,34 @@ def resolve_precision(precision: str) -> Tuple[str, str]:
     if precision != "auto":
         return precision, "asked for with --precision"
     return choose_precision(_gpu_compute_capabilities(), _cpu_flags())
+
+
+# -------------------------------------------------------------------------------------- classes --
+def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, voc.ClassInfo]:
+    """The run's classes: from the manifest beside --train_data (the converter writes names and
+    colours there), else VOC's; --num_classes, when given, must agree.
+
+    Returns:
+      (config with num_classes set, the ClassInfo).
+    Raises:
+      ValueError: --num_classes disagrees with the manifest, or the train and val manifests
+        list different classes.
+      records.DataError: a malformed manifest.
+    """
+    from fcn8s_tf import records  # pylint: disable=import-outside-toplevel
+    found = records.read_classes(config.train_data)
+    if found is None:
+        info = voc.ClassInfo.default(config.num_classes or voc.NUM_CLASSES)
+    else:
+        info = voc.ClassInfo.from_json(found)
+        if config.num_classes not in (None, info.num_classes):
+            raise ValueError(
+                f"--num_classes={config.num_classes}, but the manifest of --train_data lists "
+                f"{info.num_classes} classes ({', '.join(info.names)}); leave --num_classes out "
+                "to use them")
+        if config.val_data:
+            val = records.read_classes(config.val_data)
+            if val is not None and tuple(val["names"]) != info.names:
+                raise ValueError(f"--val_data lists other classes ({', '.join(val['names'])}) "
+                                 f"than --train_data ({', '.join(info.names)})")
+    return dataclasses.replace(config, num_classes=info.num_classes), info

@@ -1,5 +1,6 @@
-"""A small synthetic dataset in the real VOC 2012 + SBD layout, so the pipeline runs offline.
+"""Small synthetic datasets, so the pipeline runs offline: VOC 2012 + SBD layout, or plain folders.
 
+make_demo_dataset writes the real VOC 2012 + SBD layout:
     <output_dir>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
                                   /SegmentationClass/<id>.png      palette PNG, 255 boundary band
                                   /ImageSets/Segmentation/{train,val}.txt
@@ -15,14 +16,21 @@ stride-32 path can place them.
 The id sets mirror the real data's overlaps, so the converter's rules are exercised: some VOC train
 ids also have an SBD .mat (the VOC PNG must win), some VOC val ids sit in SBD's train list (they
 must stay out of train), and the SBD-only ids have their image under SBD img/ alone (the image
-fallback). Everything is a function of the seed: the same seed gives byte-identical files.
+fallback).
+
+make_folders_dataset writes what a user of --format=folders has, with three classes of its own:
+    <output_dir>/images/<id>.jpg (every fourth <id>.png)
+                /masks/<id>.png       RGB, each class in its colour, a white void band
+                /classes.txt          background 0 0 0 / circle 0 192 0 / square 0 0 192
+
+Everything is a function of the seed: the same seed gives byte-identical files.
 """
 
 import io
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.io
@@ -37,6 +45,13 @@ DEMO_CLASSES = {
     8: ("circle", (55, 185, 65)),     # cat: green discs
     15: ("square", (60, 90, 220)),    # person: blue squares
 }
+# The folders dataset's classes: id -> (name, shape, image colour, mask colour).
+FOLDER_CLASSES = {
+    0: ("background", None, None, (0, 0, 0)),
+    1: ("circle", "circle", (55, 185, 65), (0, 192, 0)),
+    2: ("square", "square", (60, 90, 220), (0, 0, 192)),
+}
+FOLDER_VOID_COLOUR = (255, 255, 255)  # the boundary band of its masks: --ignore_color=255,255,255
 JPEG_QUALITY = 90
 # Width in pixels of the void band drawn along every class boundary of the VOC labels. The real
 # band is about 5 px on 500 px images; 3 px keeps the same share of a 160 px image.
@@ -46,6 +61,7 @@ _MARKER = "DEMO_DATASET.txt"
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, written by fcn8s_tf.demo_data"
 
 PathLike = Union[str, os.PathLike]
+Colour = Tuple[int, int, int]
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -101,24 +117,28 @@ def _shape_mask(rng: np.random.Generator, shape: str, area: float, height: int,
     return np.asarray(canvas, dtype=bool)
 
 
-def render_example(rng: np.random.Generator, height: int,
-                   width: int) -> Tuple[np.ndarray, np.ndarray]:
+def render_example(rng: np.random.Generator, height: int, width: int,
+                   classes: Optional[Dict[int, Tuple[str, Colour]]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Draws one synthetic image and its label.
 
+    Args:
+      classes: {class id: (shape, RGB colour)} of the objects; default DEMO_CLASSES.
     Returns:
       image: uint8 (H, W, 3) RGB.
-      label: uint8 (H, W) class ids in {0} ∪ DEMO_CLASSES, no void band (SBD style).
+      label: uint8 (H, W) class ids in {0} ∪ classes, no void band (SBD style).
     """
+    classes = DEMO_CLASSES if classes is None else classes
     image = _background(rng, height, width)
     label = np.zeros((height, width), np.uint8)
     num_objects = int(rng.integers(1, 3))
     # Together the objects cover 25-60% of the image (less where they overlap or stick out).
     total = rng.uniform(0.25, 0.60) * height * width
     shares = rng.dirichlet(np.full(num_objects, 4.0)) if num_objects > 1 else np.ones(1)
-    class_ids = sorted(DEMO_CLASSES)
+    class_ids = sorted(classes)
     for share in shares:
         class_id = class_ids[int(rng.integers(len(class_ids)))]
-        shape, colour = DEMO_CLASSES[class_id]
+        shape, colour = classes[class_id]
         mask = _shape_mask(rng, shape, share * total, height, width)
         shade = np.float32(rng.uniform(0.8, 1.1))
         texture = rng.standard_normal((int(mask.sum()), 3), dtype=np.float32) * np.float32(6)
@@ -156,7 +176,7 @@ def _jpeg_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _palette_png_bytes(label: np.ndarray) -> bytes:
+def palette_png_bytes(label: np.ndarray) -> bytes:
     """A VOC-style label file: 8-bit palette PNG of class indices with the VOC colour map."""
     height, width = label.shape
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
@@ -244,7 +264,7 @@ def make_demo_dataset(output_dir: PathLike, *, seed: int = 0, num_train: int = 2
         if example_id in in_voc:
             (voc_root / "JPEGImages" / f"{example_id}.jpg").write_bytes(jpeg)
             (voc_root / "SegmentationClass" / f"{example_id}.png").write_bytes(
-                _palette_png_bytes(add_boundary_band(label)))
+                palette_png_bytes(add_boundary_band(label)))
         if example_id in in_sbd:
             (sbd_root / "img" / f"{example_id}.jpg").write_bytes(jpeg)
             (sbd_root / "cls" / f"{example_id}.mat").write_bytes(_sbd_mat_bytes(label))
@@ -258,3 +278,72 @@ def make_demo_dataset(output_dir: PathLike, *, seed: int = 0, num_train: int = 2
         f"seed={seed} num_train={num_train} num_val={num_val} image_size={height}x{width}\n"
         f"classes: {', '.join(f'{k} {s}' for k, (s, _) in DEMO_CLASSES.items())}\n")
     return {"voc_root": voc_root, "sbd_root": sbd_root}
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _claim(output_dir: Path, ours: Sequence[Path]) -> None:
+    """Removes an earlier demo's files from output_dir; refuses files this module did not write."""
+    if any(p.exists() for p in ours):
+        if not (output_dir / _MARKER).is_file():
+            names = ", ".join(p.name for p in ours)
+            raise FileExistsError(f"{output_dir} holds some of {names} that this tool did not "
+                                  f"write (no {_MARKER}); refusing to replace them.")
+        for path in ours:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+def make_folders_dataset(output_dir: PathLike, *, seed: int = 0, num_images: int = 240,
+                         image_size: Tuple[int, int] = (160, 160)) -> Dict[str, Path]:
+    """Writes the three-class folders dataset under output_dir (layout in the module docstring).
+
+    Args:
+      output_dir: created if needed; a demo dataset already there (DEMO_DATASET.txt) is
+        replaced, other images/, masks/ or classes.txt there are an error.
+      seed: the only source of randomness; the same seed gives byte-identical files.
+      num_images: image/mask pairs (>= 2: the converter's default split needs one for val).
+      image_size: (height, width) of every image.
+    Returns:
+      {"images": .../images, "masks": .../masks, "classes": .../classes.txt}.
+    """
+    height, width = (int(v) for v in image_size)
+    if num_images < 2 or height < 16 or width < 16:
+        raise ValueError(f"need num_images >= 2 and sides >= 16 px; got num_images={num_images}, "
+                         f"image_size={image_size}")
+    output_dir = Path(output_dir)
+    paths = {"images": output_dir / "images", "masks": output_dir / "masks",
+             "classes": output_dir / "classes.txt"}
+    _claim(output_dir, list(paths.values()))
+    paths["images"].mkdir(parents=True)
+    paths["masks"].mkdir()
+    shapes = {k: (shape, colour) for k, (_, shape, colour, _) in FOLDER_CLASSES.items() if shape}
+    colours = np.zeros((256, 3), np.uint8)
+    colours[IGNORE_LABEL] = FOLDER_VOID_COLOUR
+    for class_id, (_, _, _, mask_colour) in FOLDER_CLASSES.items():
+        colours[class_id] = mask_colour
+
+    rng = np.random.default_rng(seed)
+    for index in range(num_images):
+        example_id = f"shapes_{index:04d}"
+        image, label = render_example(rng, height, width, shapes)
+        if index % 4 == 3:  # some PNG images: the converter re-encodes them losslessly
+            (paths["images"] / f"{example_id}.png").write_bytes(_png_bytes(image))
+        else:
+            (paths["images"] / f"{example_id}.jpg").write_bytes(_jpeg_bytes(image))
+        mask = colours[add_boundary_band(label)]
+        (paths["masks"] / f"{example_id}.png").write_bytes(_png_bytes(mask))
+    paths["classes"].write_text(
+        "# name r g b: the colour of the class in masks/ (void: 255 255 255, --ignore_color)\n"
+        + "".join(f"{name} {' '.join(map(str, colour))}\n"
+                  for name, _, _, colour in FOLDER_CLASSES.values()))
+    (output_dir / _MARKER).write_text(
+        "Synthetic demo data written by fcn8s_tf.demo_data (tools/make_demo_dataset.py "
+        f"--format=folders): seed={seed} num_images={num_images} image_size={height}x{width}\n")
+    return paths

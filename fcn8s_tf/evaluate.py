@@ -68,18 +68,20 @@ def saved_model_predict_fn(export_dir: str) -> PredictFn:
         return {"labels": outputs["labels"][0]}
 
     predict_fn.loaded = loaded  # a signature holds its variables only weakly: keep them alive
-    probabilities = signature.structured_outputs.get("probabilities")
-    channels = None if probabilities is None else probabilities.shape[-1]
-    predict_fn.num_classes = None if channels is None else int(channels)
+    predict_fn.classes = serving.read_metadata(loaded)
+    if predict_fn.classes is None:  # an export without the metadata signature
+        probabilities = signature.structured_outputs.get("probabilities")
+        channels = None if probabilities is None else probabilities.shape[-1]
+        predict_fn.classes = None if channels is None else voc.ClassInfo.default(int(channels))
     return predict_fn
 
 
-def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[int]]:
+def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[voc.ClassInfo]]:
     """A predict function for a SavedModel or a training workdir.
 
     Returns:
-      (predict_fn, a description of what loaded, the model's number of classes or None when a
-      SavedModel does not say).
+      (predict_fn, a description of what loaded, the model's classes (names, colours; None when
+      a SavedModel does not say)).
     Raises:
       FileNotFoundError: model_path does not exist, or a workdir without checkpoint.
       ValueError: model_path is neither a SavedModel nor a training workdir.
@@ -89,7 +91,7 @@ def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[int]]:
     export_dir = serving.find_saved_model(model_path)
     if export_dir is not None:
         predict_fn = saved_model_predict_fn(export_dir)
-        return predict_fn, f"SavedModel {export_dir}", predict_fn.num_classes
+        return predict_fn, f"SavedModel {export_dir}", predict_fn.classes
     workdir = model_path
     config_file = workdir_lib.CONFIG_FILE
     if (not tf.io.gfile.exists(os.path.join(workdir, config_file))
@@ -97,7 +99,8 @@ def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[int]]:
         workdir = os.path.dirname(os.path.normpath(workdir))  # <workdir>/checkpoints given
     if tf.io.gfile.exists(os.path.join(workdir, config_file)):
         model, checkpoint = workdir_lib.load_model(workdir)
-        return model_predict_fn(model), f"checkpoint {checkpoint}", model.output_shape[-1]
+        return (model_predict_fn(model), f"checkpoint {checkpoint}",
+                workdir_lib.read_classes(workdir))
     raise ValueError(f"{model_path} is neither a SavedModel (saved_model.pb in it, or in "
                      f"a numeric version subdirectory) nor a training workdir ({config_file} "
                      f"and {workdir_lib.CHECKPOINT_DIR}/)")
@@ -154,23 +157,17 @@ def evaluate(predict_fn: PredictFn, dataset: tf.data.Dataset, num_classes: int, 
     return result, cm
 
 
-def save_predictions_hook(directory: str, count: int) -> Hook:
+def save_predictions_hook(directory: str, count: int, palette=voc.VOC_PALETTE) -> Hook:
     """A hook writing `<directory>/<filename id>.png` (palette PNG) for the first `count` images."""
     os.makedirs(directory, exist_ok=True)
 
     def hook(index, image, label, outputs, name):
         if index < count:
             stem = os.path.splitext(os.path.basename(name))[0] or f"{index:06d}"
-            predict_lib.write_mask_png(np.asarray(outputs["labels"]), os.path.join(directory, f"{stem}.png"))
+            predict_lib.write_mask_png(np.asarray(outputs["labels"]),
+                                       os.path.join(directory, f"{stem}.png"), palette)
 
     return hook
-
-
-def class_names_for(num_classes: int) -> Sequence[str]:
-    """VOC names for the 21 VOC classes, class_<i> otherwise."""
-    if num_classes == voc.NUM_CLASSES:
-        return voc.VOC_CLASSES
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 # ---------------------------------------------------------------------------------- reporting --
@@ -316,10 +313,12 @@ def main(argv):
     FLAGS = flags.FLAGS
     try:
         records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
-        predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
+        predict_fn, loaded, classes = load_predict_fn(FLAGS.model)
     except (FileNotFoundError, ValueError, records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
+    model_classes = None if classes is None else classes.num_classes
     num_classes = FLAGS.num_classes or model_classes or voc.NUM_CLASSES
+    classes = classes or voc.ClassInfo.default(num_classes)
     if model_classes is not None and num_classes != model_classes:
         raise SystemExit(f"fcn8s_tf.evaluate: error: --num_classes={FLAGS.num_classes} but "
                          f"{FLAGS.model} predicts {model_classes} classes (leave --num_classes "
@@ -330,7 +329,7 @@ def main(argv):
     hooks = []
     if FLAGS.save_predictions:
         hooks.append(save_predictions_hook(os.path.join(FLAGS.output_dir, "predictions"),
-                                           FLAGS.save_predictions))
+                                           FLAGS.save_predictions, classes.palette))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
         with input_pipeline.data_errors_named(FLAGS.data):
@@ -341,7 +340,7 @@ def main(argv):
     except tf.errors.InvalidArgumentError as e:  # e.g. class ids >= --num_classes
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e.message}") from None
 
-    class_names = class_names_for(num_classes)
+    class_names = classes.names
     print(format_table(result, class_names))
     print(f"{summary_line(result)} | {result['num_images']} images")
     json_path = os.path.join(FLAGS.output_dir, "metrics.json")

@@ -7,8 +7,9 @@ What the export contains (signatures, limits, the warmup file) is the serving co
 fcn8s_tf/serving.py; this module turns a trained model into such an export, atomically.
 """
 
-import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -20,8 +21,8 @@ import tensorflow as tf
 
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import serving
-from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf import voc
+from fcn8s_tf import workdir as workdir_lib
 
 
 TMP_PREFIX = ".tmp-"  # an export being written: <base>/.tmp-<version>-p<pid>-<time>
@@ -49,7 +50,8 @@ def serving_twin(model: keras.Model, model_kwargs: Optional[Dict]) -> keras.Mode
 
 def export_saved_model(model: keras.Model, export_base: str, version: Optional[int] = None,
                        model_kwargs: Optional[Dict] = None,
-                       max_image_pixels: int = serving.DEFAULT_MAX_IMAGE_PIXELS) -> str:
+                       max_image_pixels: int = serving.DEFAULT_MAX_IMAGE_PIXELS,
+                       classes: Optional[voc.ClassInfo] = None) -> str:
     """Writes `model` as `<export_base>/<version>/` (TF Serving layout) and returns that path.
 
     Args:
@@ -60,6 +62,8 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
       model_kwargs: build_fcn8s arguments (needed only for the twin).
       max_image_pixels: larger images are downscaled to this many pixels at serve time
         (fcn8s_tf/serving.py).
+      classes: the classes the model predicts (names, colours), for the `metadata` signature and
+        assets/class_names.txt; default VOC's (or class_<i>) for its class count.
     Returns:
       The version directory, holding the SavedModel and assets.extra/tf_serving_warmup_requests.
       It appears complete or not at all: it is written to a temporary sibling and renamed, since
@@ -73,15 +77,27 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     workdir_lib.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
                                        log=logging.info)
     tmp = os.path.join(export_base, f"{TMP_PREFIX}{version}-p{os.getpid()}-{int(time.time())}")
-    signatures = serving.serving_signatures(serving_twin(model, model_kwargs), max_image_pixels)
+    twin = serving_twin(model, model_kwargs)
+    classes = classes or voc.ClassInfo.default(twin.output_shape[-1])
+    if classes.num_classes != twin.output_shape[-1]:
+        raise ValueError(f"{classes.num_classes} class names for a model of "
+                         f"{twin.output_shape[-1]} classes")
+    signatures = serving.serving_signatures(twin, max_image_pixels, classes)
+    names_dir = tempfile.mkdtemp(prefix="fcn8s_export_assets_")
+    names_file = os.path.join(names_dir, serving.CLASS_NAMES_ASSET)
+    with open(names_file, "w") as f:
+        f.write("".join(name + "\n" for name in classes.names))
     try:
-        tf.saved_model.save(serving.serving_root(signatures), tmp, signatures=signatures)
+        tf.saved_model.save(serving.serving_root(signatures, names_file), tmp,
+                            signatures=signatures)
         serving.write_warmup_file(tmp)
         tf.io.gfile.rename(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         raise
+    finally:
+        shutil.rmtree(names_dir, ignore_errors=True)
     return final
 
 
@@ -93,7 +109,8 @@ def main(argv):
     try:
         model, _ = workdir_lib.load_model(FLAGS.workdir)
         path = export_saved_model(model, export_base, FLAGS.version,
-                                  max_image_pixels=FLAGS.max_image_pixels)
+                                  max_image_pixels=FLAGS.max_image_pixels,
+                                  classes=workdir_lib.read_classes(FLAGS.workdir))
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
             ValueError) as e:
         raise SystemExit(f"fcn8s_tf.export: {e}") from None

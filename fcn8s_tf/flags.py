@@ -44,8 +44,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("shuffle_buffer", d["shuffle_buffer"], "Examples in the training "
                          "shuffle buffer.", lower_bound=1, **fv)
     # --- model --------------------------------------------------------------------------------
-    flags.DEFINE_integer("num_classes", d["num_classes"], "Classes including background.",
-                         lower_bound=2, **fv)
+    flags.DEFINE_integer("num_classes", d["num_classes"], "Classes including background; default: "
+                         "the training records' manifest.json (names and colours too), else 21 "
+                         "(VOC). When given, it must agree with the manifest.", lower_bound=2,
+                         **fv)
     flags.DEFINE_string("backbone_weights", d["backbone_weights"], "'imagenet' (Keras's VGG16 "
                         "download with the top, for the fc6/fc7 net surgery), 'none' (random "
                         "init), or a path to a local VGG16 .h5 weights file.", **fv)

@@ -10,9 +10,11 @@ request is `{"signature_name": "serving_default", "instances": [{"image_bytes": 
 and TF Serving answers `{"predictions": [{"labels": ..., "height": ..., "width": ...}]}`.
 
 For each image, writes `<stem>_mask.png` (palette PNG, mode "P": pixel values are class ids, the
-VOC palette colours them) and `<stem>_overlay.png` (50% image, 50% mask colour), and prints the
-classes found with their pixel fractions. One image per request: the export guarantees an image's
-labels do not depend on its batch-mates, and a failure then names one file.
+model's class colours colour them) and `<stem>_overlay.png` (50% image, 50% mask colour, with a
+legend of the classes present below), and prints the classes found with their pixel fractions.
+Class names and colours come from the export's `metadata` signature (VOC's for older exports).
+One image per request: the export guarantees an image's labels do not depend on its batch-mates,
+and a failure then names one file.
 """
 
 import base64
@@ -31,10 +33,10 @@ from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from fcn8s_tf import serving
-from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, colorize
+from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, ClassInfo
 
 SIGNATURE = serving.SIGNATURE_DEFAULT
 
@@ -113,6 +115,8 @@ class LocalModel:
             raise PredictError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
                                f"not {serving.BYTES_INPUT!r}")
         self.name = self.export_dir
+        # The export's own classes (its metadata signature); VOC's for exports made before it.
+        self.classes = serving.read_metadata(self._loaded) or ClassInfo.default()
 
     def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
@@ -135,13 +139,49 @@ class RestModel:
         self.url = server if server.endswith(":predict") else server + ":predict"
         self.timeout = timeout
         self.name = self.url
+        self._class_info = None
+
+    @property
+    def classes(self) -> ClassInfo:
+        """The served model's classes, asked for at first use (after the images are read)."""
+        if self._class_info is None:
+            self._class_info = self._classes()
+        return self._class_info
+
+    def _classes(self) -> ClassInfo:
+        """The served model's classes (its metadata signature); VOC's if it has none."""
+        try:
+            answer = self._post({"signature_name": serving.SIGNATURE_METADATA,
+                                 "inputs": {serving.METADATA_INPUT: 0}})
+            outputs = answer["outputs"]
+            return ClassInfo(tuple(outputs["class_names"]),
+                             tuple(tuple(int(c) for c in rgb) for rgb in outputs["palette"]),
+                             int(outputs["ignore_label"]))
+        except PredictError as e:
+            if "HTTP 4" not in str(e):  # an unreachable server: say so now
+                raise
+        except (KeyError, TypeError, ValueError):
+            pass
+        return ClassInfo.default()  # an export made before the metadata signature
 
     def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""
-        body = json.dumps({
+        answer = self._post({
             "signature_name": SIGNATURE,
             "instances": [{serving.BYTES_INPUT: {"b64": base64.b64encode(data).decode("ascii")}}],
-        }).encode()
+        })
+        try:
+            prediction = answer["predictions"][0]
+            labels = np.asarray(prediction["labels"], dtype=np.int32)
+            return labels, int(prediction["height"]), int(prediction["width"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise PredictError(f"TF Serving at {self.url}: unexpected response (want "
+                               "{'predictions': [{'labels', 'height', 'width'}]}): "
+                               f"{str(answer)[:300]}") from None
+
+    def _post(self, payload: dict) -> dict:
+        """POSTs a JSON request to the :predict URL; returns the JSON answer."""
+        body = json.dumps(payload).encode()
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
@@ -165,35 +205,31 @@ class RestModel:
         except ValueError as e:
             raise PredictError(f"TF Serving at {self.url} sent a response that is not JSON "
                                f"({e})") from None
-        try:
-            prediction = answer["predictions"][0]
-            labels = np.asarray(prediction["labels"], dtype=np.int32)
-            return labels, int(prediction["height"]), int(prediction["width"])
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise PredictError(f"TF Serving at {self.url}: unexpected response (want "
-                               "{'predictions': [{'labels', 'height', 'width'}]}): "
-                               f"{str(answer)[:300]}") from None
+        return answer
 
 
 # ------------------------------------------------------------------------------------- outputs --
-def write_mask_png(labels: np.ndarray, path: str) -> None:
-    """Writes a (H, W) label map as a palette PNG: values are class ids, colours the VOC palette."""
+def write_mask_png(labels: np.ndarray, path: str, palette: np.ndarray = VOC_PALETTE) -> None:
+    """Writes a (H, W) label map as a palette PNG: values are class ids, `palette` (256, 3)
+    colours them (the VOC palette by default; ClassInfo.palette for a model's own)."""
     image = Image.fromarray(np.asarray(labels, dtype=np.uint8))  # mode "L"
-    image.putpalette(VOC_PALETTE.reshape(-1).tolist())           # -> mode "P"
+    image.putpalette(np.asarray(palette, np.uint8).reshape(-1).tolist())  # -> mode "P"
     image.save(path, format="PNG")
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5,
+            palette: np.ndarray = VOC_PALETTE) -> np.ndarray:
     """Blends the colourised labels into the image; IGNORE_LABEL pixels keep the image as is.
 
     Args:
       rgb: uint8 (H, W, 3).
       labels: (H, W) class ids.
       alpha: weight of the mask colour.
+      palette: (256, 3) uint8 class colours.
     Returns:
       uint8 (H, W, 3).
     """
-    colour = colorize(labels).astype(np.float32)
+    colour = np.asarray(palette, np.uint8)[np.asarray(labels, np.uint8)].astype(np.float32)
     blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
     blend = np.clip(np.round(blend), 0, 255).astype(np.uint8)
     return np.where((np.asarray(labels) != IGNORE_LABEL)[..., None], blend, rgb)
@@ -217,8 +253,30 @@ def _unique_stem(path: str, used: Dict[str, int]) -> str:
     return stem if count == 0 else f"{stem}_{count}"
 
 
+def legend(rgb: np.ndarray, labels: np.ndarray, classes: ClassInfo) -> np.ndarray:
+    """The picture with a strip below naming each class present, next to its colour swatch."""
+    present = [int(i) for i in np.unique(labels) if 0 <= i < classes.num_classes]
+    font = ImageFont.load_default()
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries, row, x = [], 0, 4
+    width = rgb.shape[1]
+    for i in present:  # lay the entries out in rows that fit the picture's width
+        w = 18 + int(scratch.textlength(classes.names[i], font=font)) + 12
+        if x + w > width and x > 4:
+            row, x = row + 1, 4
+        entries.append((i, x, row))
+        x += w
+    strip = Image.new("RGB", (width, 18 * (row + 1) + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, x, r in entries:
+        y = 4 + 18 * r
+        draw.rectangle((x, y, x + 12, y + 12), fill=tuple(classes.palette[i]), outline="black")
+        draw.text((x + 16, y), classes.names[i], fill="black", font=font)
+    return np.concatenate([rgb, np.asarray(strip)], axis=0)
+
+
 def predict_files(model, paths: Sequence[str], output_dir: str,
-                  class_names: Sequence[str] = VOC_CLASSES, print_fn=print) -> List[Dict]:
+                  classes: Optional[ClassInfo] = None, print_fn=print) -> List[Dict]:
     """Segments each image and writes its mask and overlay PNGs.
 
     Every file is decoded first, so a bad one stops the run before any request is sent.
@@ -227,7 +285,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
       model: a LocalModel or RestModel (anything with predict(bytes) -> (labels, height, width)).
       paths: image files (JPEG, PNG, or anything PIL reads).
       output_dir: created if missing.
-      class_names: names for the printed summary.
+      classes: names and colours; default the model's own (`model.classes`), else VOC's.
       print_fn: where the per-image lines go.
     Returns:
       One dict per image: path, mask, overlay (written paths), labels ((H, W) int32), classes
@@ -236,6 +294,7 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
       PredictError: a file that is not an image, a server that does not answer, a bad answer.
     """
     images = [read_image(path) for path in paths]
+    classes = classes or getattr(model, "classes", None) or ClassInfo.default()
     try:
         os.makedirs(output_dir, exist_ok=True)
     except FileExistsError:
@@ -257,14 +316,15 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
         stem = _unique_stem(image.path, used)
         mask_path = os.path.join(output_dir, f"{stem}_mask.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-        write_mask_png(labels, mask_path)
-        Image.fromarray(overlay(image.rgb, labels)).save(overlay_path, format="PNG")
-        classes = class_fractions(labels, class_names)
+        write_mask_png(labels, mask_path, classes.palette)
+        blended = overlay(image.rgb, labels, palette=classes.palette)
+        Image.fromarray(legend(blended, labels, classes)).save(overlay_path, format="PNG")
+        found = class_fractions(labels, classes.names)
         print_fn(f"{image.path} ({width}x{height}): "
-                 + ", ".join(f"{name} {100 * fraction:.1f}%" for name, fraction in classes)
+                 + ", ".join(f"{name} {100 * fraction:.1f}%" for name, fraction in found)
                  + f" -> {mask_path}, {overlay_path}")
         results.append(dict(path=image.path, mask=mask_path, overlay=overlay_path,
-                            labels=labels, classes=classes))
+                            labels=labels, classes=found))
     return results
 
 

@@ -6,8 +6,9 @@ theirs. The image is the dataset's original JPEG bytes, unchanged; the label is 
 of class indices with IGNORE_LABEL (255) as void.
 
 The reader's side of a converted folder is here too: list_files, count_examples, read_manifest,
-and the checks that turn a broken file into one line naming it (DataError). The folder's layout
-(shard names, manifest) is fcn8s_tf.convert's, which writes it and imports no TensorFlow.
+read_classes, and the checks that turn a broken file into one line naming it (DataError). The
+folder's layout (shard names, manifest and its class metadata) is fcn8s_tf.convert_layout's: the
+converter writes it, and imports no TensorFlow.
 
 A TFRecord file is a sequence of records, each framed as: uint64 length, uint32 masked CRC-32C of
 the length, the data, uint32 masked CRC-32C of the data. list_files walks that framing (the 12-byte
@@ -26,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from fcn8s_tf import convert  # the folder layout; imports no TensorFlow
+from fcn8s_tf import convert_layout  # the folder layout; imports no TensorFlow
+from fcn8s_tf.voc import VOC_CLASSES, VOC_PALETTE
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -105,7 +107,7 @@ def decode_example(serialized: tf.Tensor):
 
 
 # ----------------------------------------------------------------------------------------------
-# The converted folder (its layout is fcn8s_tf.convert's: it writes it).
+# The converted folder (its layout is fcn8s_tf.convert_layout's).
 # ----------------------------------------------------------------------------------------------
 
 class DataError(Exception):
@@ -118,7 +120,7 @@ def read_manifest(directory: str) -> Optional[dict]:
     Raises:
       DataError: the manifest exists but is not a JSON object.
     """
-    path = os.path.join(str(directory), convert.MANIFEST_NAME)
+    path = os.path.join(str(directory), convert_layout.MANIFEST_NAME)
     if not tf.io.gfile.exists(path):
         return None
     try:
@@ -130,6 +132,56 @@ def read_manifest(directory: str) -> Optional[dict]:
     if not isinstance(manifest, dict):
         raise DataError(f"{path} is not a converter manifest (a JSON object)")
     return manifest
+
+
+_GLOB_CHARACTERS = re.compile(r"[*?[]")
+
+
+def read_classes(file_pattern: str) -> Optional[dict]:
+    """The class metadata of the manifest beside the files of a pattern.
+
+    Args:
+      file_pattern: a glob such as "data/tfrecords/train-*.tfrecord" (any tf.io.gfile path). The
+        manifest read is the one in the pattern's folder; where the folder part holds a wildcard,
+        those of the folders of the matching files, which must then agree.
+    Returns:
+      {"names": [str, ...], "palette": [[r, g, b], ...], "ignore_label": 255}, one palette colour
+      per class, as the converter wrote it; None when there is no manifest or it has no classes.
+      A manifest of converter versions before the class metadata (a bare list of VOC names)
+      gives the same dict, with the VOC colours.
+    Raises:
+      DataError: a manifest does not parse, its classes are malformed (the message names the
+        file and what is wrong), or two folders of the pattern disagree.
+    """
+    directory = os.path.dirname(file_pattern)
+    if _GLOB_CHARACTERS.search(directory):
+        directories = sorted({os.path.dirname(p) for p in tf.io.gfile.glob(file_pattern)})
+    else:
+        directories = [directory]
+    found = {}
+    for folder in directories:
+        manifest = read_manifest(folder)
+        if manifest is None or manifest.get("classes") is None:
+            continue
+        path = os.path.join(folder, convert_layout.MANIFEST_NAME)
+        classes = _classes_of(manifest)
+        problem = convert_layout.classes_problem(classes)
+        if problem:
+            raise DataError(f"{path}: {problem}; convert the data again with "
+                            "tools/make_tfrecords.py")
+        found[path] = classes
+    if len({json.dumps(c, sort_keys=True) for c in found.values()}) > 1:
+        raise DataError(f"the manifests of {file_pattern!r} disagree on the classes: "
+                        f"{', '.join(found)}")
+    return next(iter(found.values()), None)
+
+
+def _classes_of(manifest: dict):
+    """A manifest's "classes"; older versions wrote VOC's names as a list, and "ignore_label"."""
+    classes = manifest["classes"]
+    if isinstance(classes, list) and classes == list(VOC_CLASSES):
+        return convert_layout.classes_entry(VOC_CLASSES, VOC_PALETTE[:len(VOC_CLASSES)].tolist())
+    return classes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +298,7 @@ def find_broken_record(paths: Sequence[str]) -> Optional[str]:
 
 def _check_not_replacing(directories: Sequence[str]) -> None:
     for directory in directories:
-        journal = os.path.join(directory, convert.REPLACING_NAME)
+        journal = os.path.join(directory, convert_layout.REPLACING_NAME)
         if tf.io.gfile.exists(journal):
             raise DataError(
                 f"{directory}: the converter was replacing these records and did not finish "
@@ -287,8 +339,8 @@ def list_files(file_pattern: str, check: bool = True) -> List[str]:
             expected = (listed.get(directory) or {}).get(name)
             if expected is not None and expected != count:
                 raise DataError(
-                    f"{path} holds {count} records but {convert.MANIFEST_NAME} beside it says "
-                    f"{expected} (cut at a record boundary, or replaced by another file?)")
+                    f"{path} holds {count} records but {convert_layout.MANIFEST_NAME} beside it "
+                    f"says {expected} (cut at a record boundary, or replaced by another file?)")
     return files
 
 
@@ -299,7 +351,7 @@ def _manifest_counts_or_none(directory: str) -> Optional[Dict[str, int]]:
         manifest = read_manifest(directory)
     except DataError:
         return None
-    return convert.manifest_files(manifest) if manifest else None
+    return convert_layout.manifest_files(manifest) if manifest else None
 
 
 def count_examples(file_pattern: str) -> int:
@@ -321,7 +373,7 @@ def count_examples(file_pattern: str) -> int:
         directory, name = os.path.split(path)
         if directory not in manifests:
             manifest = read_manifest(directory)
-            manifests[directory] = convert.manifest_files(manifest) if manifest else {}
+            manifests[directory] = convert_layout.manifest_files(manifest) if manifest else {}
         if name in manifests[directory]:
             total += manifests[directory][name]
         else:

@@ -16,6 +16,10 @@ Signatures:
       each image. (Separate because a 500x375 image's probabilities are ~16 MB of JSON over REST.)
   serving_uint8(images: uint8 (B, H, W, 3) RGB) ->
       labels int32 (B, H, W), probabilities float32 (B, H, W, C).
+  metadata(unused: int32 scalar, any value) ->
+      class_names string (C,), palette uint8 (C, 3) RGB, ignore_label int32 (): the classes the
+      model was trained on, also in assets/class_names.txt, so a client names them without the
+      project.
 Images of a string batch run through the net one at a time at their own size: FCN-8s sees ~400 px of
 context, so padding an image to its batch-mates' size would change its answer. A batch of zero images
 gives outputs with a zero batch dimension.
@@ -52,9 +56,14 @@ if TYPE_CHECKING:  # predict and evaluate use this module without importing Kera
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_PROBABILITIES = "serving_probabilities"
 SIGNATURE_UINT8 = "serving_uint8"
-SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_PROBABILITIES, SIGNATURE_UINT8)
+SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_PROBABILITIES, SIGNATURE_UINT8)  # the image ones
+SIGNATURE_METADATA = "metadata"
+ALL_SIGNATURES = SIGNATURES + (SIGNATURE_METADATA,)
 BYTES_INPUT = "image_bytes"  # TF Serving's REST API takes {"b64": ...} for inputs named *_bytes
 UINT8_INPUT = "images"
+# TF Serving's REST API refuses a signature without inputs, so metadata takes one it ignores.
+METADATA_INPUT = "unused"
+CLASS_NAMES_ASSET = "class_names.txt"  # one name per line, in label-index order
 
 # 2048 x 2048 covers VOC images (500 x 375) and common photo sizes after one downscale step; the
 # float32 forward of a 2048 x 2048 image needs ~3.5 GB on a CPU.
@@ -238,9 +247,12 @@ class _Predictor:
         return outputs
 
 
-def serving_signatures(model: "keras.Model",
-                       max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dict[str, object]:
-    """The three signatures of the contract above, traced for `model` (a float32 any-size FCN-8s)."""
+def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                       classes: Optional[voc.ClassInfo] = None) -> Dict[str, object]:
+    """The signatures of the contract above, traced for `model` (a float32 any-size FCN-8s).
+
+    classes: the model's voc.ClassInfo (default: VOC's, or class_<i>, for its class count).
+    """
     if max_image_pixels < 1:
         raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     predictor = _Predictor(model, max_image_pixels)
@@ -253,13 +265,44 @@ def serving_signatures(model: "keras.Model",
                                   bytes_spec),
         SIGNATURE_UINT8: (lambda images: predictor(images, True), uint8_spec),
     }
-    return {name: tf.function(fn, input_signature=spec).get_concrete_function()
-            for name, (fn, spec) in functions.items()}
+    signatures = {name: tf.function(fn, input_signature=spec).get_concrete_function()
+                  for name, (fn, spec) in functions.items()}
+    signatures[SIGNATURE_METADATA] = metadata_signature(
+        classes or voc.ClassInfo.default(predictor.num_classes))
+    return signatures
 
 
-def serving_root(signatures: Dict[str, object]) -> tf.Module:
-    """The object tf.saved_model.save writes: the signatures' captured tf.Variables, nothing else."""
+def metadata_signature(classes: voc.ClassInfo):
+    """The `metadata` signature: the classes as constants of the graph."""
+    names = tf.constant(list(classes.names), tf.string)
+    colours = tf.constant(np.asarray(classes.colours, np.uint8).reshape(-1, 3))
+    ignore = tf.constant(classes.ignore_label, tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_INPUT)])
+    def metadata(unused):
+        del unused
+        return {"class_names": tf.identity(names), "palette": tf.identity(colours),
+                "ignore_label": tf.identity(ignore)}
+
+    return metadata.get_concrete_function()
+
+
+def read_metadata(loaded) -> Optional[voc.ClassInfo]:
+    """The classes of a SavedModel loaded with tf.saved_model.load (None for exports without)."""
+    if SIGNATURE_METADATA not in loaded.signatures:
+        return None
+    out = loaded.signatures[SIGNATURE_METADATA](**{METADATA_INPUT: tf.constant(0)})
+    return voc.ClassInfo(tuple(n.decode() for n in out["class_names"].numpy()),
+                         tuple(tuple(int(c) for c in rgb) for rgb in out["palette"].numpy()),
+                         int(out["ignore_label"].numpy()))
+
+
+def serving_root(signatures: Dict[str, object], class_names_file: Optional[str] = None) -> tf.Module:
+    """The object tf.saved_model.save writes: the signatures' captured tf.Variables, and the class
+    names file as an asset (copied to assets/class_names.txt), nothing else."""
     root = tf.Module()
+    if class_names_file is not None:
+        root.class_names = tf.saved_model.Asset(class_names_file)
     seen, captured = set(), []
     for function in signatures.values():
         for variable in function.variables:
@@ -309,6 +352,8 @@ def warmup_requests(model_name: str = "fcn8s") -> Dict[str, bytes]:
     pixels = np.full((1, *WARMUP_IMAGE_SIZE, 3), 128, np.uint8)
     jpeg = tf.io.encode_jpeg(pixels[0]).numpy()
     return {
+        SIGNATURE_METADATA: prediction_log(
+            model_name, SIGNATURE_METADATA, {METADATA_INPUT: np.array(0, np.int32)}),
         SIGNATURE_DEFAULT: prediction_log(
             model_name, SIGNATURE_DEFAULT, {BYTES_INPUT: np.array([jpeg], dtype=object)}),
         SIGNATURE_PROBABILITIES: prediction_log(

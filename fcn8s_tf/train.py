@@ -209,9 +209,9 @@ class _LossAndPictures:
         return self.loss_sum / max(self.pixels, 1.0)
 
 
-def write_eval_images(writer, examples: list, step: int) -> None:
+def write_eval_images(writer, examples: list, step: int, palette=voc.VOC_PALETTE) -> None:
     """Input, ground truth and prediction in the VOC palette, from _LossAndPictures's images."""
-    palette = tf.constant(voc.VOC_PALETTE)
+    palette = tf.constant(palette)
     with writer.as_default(step=step):
         for i, (image, label, prediction, name) in enumerate(examples):
             truth = tf.gather(palette, tf.cast(label[..., 0], tf.int32))
@@ -233,10 +233,10 @@ def _check_workdir(config: TrainConfig) -> None:
         workdir_lib.init_checkpoint(config.init_from, config.model_kwargs())
 
 
-def _write_run_files(config: TrainConfig, flags_text: str) -> None:
+def _write_run_files(config: TrainConfig, flags_text: str, classes: voc.ClassInfo) -> None:
     """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed run."""
     tf.io.gfile.makedirs(config.workdir)
-    workdir_lib.write_model_config(config.workdir, config.model_kwargs())
+    workdir_lib.write_model_config(config.workdir, config.model_kwargs(), classes)
     if flags_text:
         with tf.io.gfile.GFile(workdir_lib.path(config.workdir, workdir_lib.FLAGS_FILE), "w") as f:
             f.write(flags_text)
@@ -257,10 +257,12 @@ class _InTrainingEval:
     in sync by copying the weights; the export at the end reuses it.
     """
 
-    def __init__(self, model: keras.Model, config: TrainConfig, writer, chief: bool):
+    def __init__(self, model: keras.Model, config: TrainConfig, writer, chief: bool,
+                 classes: voc.ClassInfo):
         self.model, self.config, self.writer, self.chief = model, config, writer, chief
         self.twin = self.predict_fn = None
-        self.class_names = evaluate_lib.class_names_for(config.num_classes)
+        self.classes = classes
+        self.class_names = classes.names
         self.split_size = None  # images in the validation split, counted once if needed
 
     def __call__(self, step: int) -> Dict:
@@ -289,7 +291,7 @@ class _InTrainingEval:
                 if iou is not None:
                     tf.summary.scalar(f"iou/{name}", iou)
         if hook.kept:
-            write_eval_images(self.writer, hook.kept, step)
+            write_eval_images(self.writer, hook.kept, step, self.classes.palette)
         return result
 
     def _scope(self, scored: int) -> str:
@@ -323,18 +325,21 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     Raises:
         distribute.TrainingInterrupted: SIGTERM/SIGINT; a checkpoint of the current step was saved.
     """
+    config, classes = config_lib.resolve_classes(config)
+    logging.info("%d classes: %s", classes.num_classes, ", ".join(classes.names))
     policy, why = config_lib.resolve_precision(config.precision)
     logging.info("Precision %s (--precision=%s: %s)", policy, config.precision, why)
     config = dataclasses.replace(config, precision=policy)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        return _train(config, devices, flags_text)
+        return _train(config, devices, flags_text, classes)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: str) -> Dict:
+def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: str,
+           classes: voc.ClassInfo) -> Dict:
     """train() under the run's precision policy: checks, then the run with the workdir locked."""
     strategy = distribute.make_strategy(devices)
     chief = distribute.is_chief(strategy)
@@ -351,7 +356,7 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
             else contextlib.nullcontext())
     with lock, distribute.TerminationSignals() as signals:
         if chief:
-            _write_run_files(config, flags_text)
+            _write_run_files(config, flags_text, classes)
         logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
                      type(strategy).__name__, replicas, total_steps, config.batch_size,
                      config.precision)
@@ -362,7 +367,7 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
                          state.start_step, total_steps, config.workdir)
             return {"step": state.start_step, "loss": None, "eval": None, "export": None,
                     "finished_before": True}
-        return _run(config, strategy, state, total_steps)
+        return _run(config, strategy, state, total_steps, classes)
 
 
 @dataclasses.dataclass
@@ -410,7 +415,8 @@ def _build_and_restore(config: TrainConfig, strategy, chief: bool, signals,
                   start_step=int(step_var.numpy()))
 
 
-def _run(config: TrainConfig, strategy, state: _State, total_steps: int) -> Dict:
+def _run(config: TrainConfig, strategy, state: _State, total_steps: int,
+         classes: voc.ClassInfo) -> Dict:
     """Input, update step, summaries, the loop, and the end (export, val_metrics.json)."""
     # The data order is reseeded with the resume step: the tf.data iterator is not checkpointed
     # (its shuffle buffer would go into every checkpoint), so a resumed run sees a fresh
@@ -427,7 +433,7 @@ def _run(config: TrainConfig, strategy, state: _State, total_steps: int) -> Dict
         eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "val"))
     else:
         train_writer = eval_writer = tf.summary.create_noop_writer()
-    evaluate_and_log = _InTrainingEval(state.model, config, eval_writer, state.chief)
+    evaluate_and_log = _InTrainingEval(state.model, config, eval_writer, state.chief, classes)
 
     run_start = time.time()
     # A broken record or a bad label value becomes one line naming its file.
@@ -446,7 +452,7 @@ def _run(config: TrainConfig, strategy, state: _State, total_steps: int) -> Dict
         export_path = export_lib.export_saved_model(
             evaluate_and_log.twin or state.model,
             workdir_lib.path(config.workdir, workdir_lib.EXPORT_DIR),
-            model_kwargs=config.model_kwargs())
+            model_kwargs=config.model_kwargs(), classes=classes)
         logging.info("Exported SavedModel to %s", export_path)
     if last_eval is not None and state.chief:
         workdir_lib.write_json(

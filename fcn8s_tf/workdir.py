@@ -86,11 +86,26 @@ def read_model_config(workdir: str) -> Dict[str, Any]:
     with tf.io.gfile.GFile(config_path) as f:
         config = json.load(f)
     config.pop("weights", None)  # a checkpoint supplies every weight
+    config.pop("classes", None)  # read_classes
     return config
 
 
-def write_model_config(workdir: str, model_kwargs: Dict[str, Any]) -> None:
-    write_json(path(workdir, CONFIG_FILE), model_kwargs)
+def read_classes(workdir: str):
+    """The run's voc.ClassInfo: from model_config.json, VOC's for runs that predate it."""
+    from fcn8s_tf import voc  # pylint: disable=import-outside-toplevel
+    with tf.io.gfile.GFile(path(workdir, CONFIG_FILE)) as f:
+        config = json.load(f)
+    if "classes" in config:
+        return voc.ClassInfo.from_json(config["classes"])
+    return voc.ClassInfo.default(config.get("num_classes", voc.NUM_CLASSES))
+
+
+def write_model_config(workdir: str, model_kwargs: Dict[str, Any], classes=None) -> None:
+    """model_config.json: the build_fcn8s arguments, and the classes (a voc.ClassInfo) if given."""
+    payload = dict(model_kwargs)
+    if classes is not None:
+        payload["classes"] = classes.to_json()
+    write_json(path(workdir, CONFIG_FILE), payload)
 
 
 def latest_checkpoint(workdir: str) -> Optional[str]:

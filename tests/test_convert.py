@@ -20,6 +20,7 @@ from PIL import Image
 
 from fcn8s_tf import convert
 from fcn8s_tf.convert import ConversionError
+from fcn8s_tf.voc import VOC_CLASSES, VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SBD_IDS = ("2008_000051", "2008_000195")  # both in SBD val, in neither VOC2012 list
@@ -196,9 +197,13 @@ def test_manifest(roots, tmp_path):
         counts = np.zeros(256, np.int64)
         for example_id in _expected_ids(voc)[split]:
             counts += np.bincount(_source_files(voc, sbd, example_id)[1].ravel(), minlength=256)
-        assert list(info["class_pixel_counts"]) == list(manifest["classes"]) + ["ignore"]
-        assert list(info["class_pixel_counts"].values()) == counts[:21].tolist() + [counts[255]]
-    assert manifest["ignore_label"] == 255
+        assert info["class_pixels"] == counts[:21].tolist()
+        assert info["ignore_pixels"] == counts[255]
+        assert info["image_formats"] == {"jpeg": info["num_examples"]}
+        assert info["reencoded"] == {}
+    assert manifest["classes"] == {
+        "names": list(VOC_CLASSES), "palette": VOC_PALETTE[:21].tolist(), "ignore_label": 255}
+    assert manifest["created"]["source"] == "voc"
     assert manifest["created"]["voc_root"] == str(voc)
     assert manifest["created"]["sbd_root"] == str(sbd)
 
@@ -240,6 +245,57 @@ def test_label_png_encoder_round_trip():
         png = convert.encode_label_png(label)
         np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(png))), label)
         np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], label)
+
+
+# ----------------------------------------------------------------------------------------------
+# --list: one list's ids only (e.g. VOC2011 seg11valid), into one split.
+# ----------------------------------------------------------------------------------------------
+
+def test_list_converts_only_its_ids(roots, tmp_path):
+    voc, sbd = roots
+    listed = _expected_ids(voc)["val"][:4] + [SBD_IDS[0]]
+    list_file = tmp_path / "seg11valid.txt"
+    list_file.write_text("".join(f"{i}\n" for i in reversed(listed)) + listed[0] + "\n")
+    for split in ("train", "val"):  # the split lists are not read
+        (voc / "ImageSets/Segmentation" / f"{split}.txt").unlink()
+    output_dir = tmp_path / "records"
+    manifest = convert.convert(voc, sbd, output_dir, list_file=list_file, num_workers=1,
+                               progress_stream=None)
+    assert list(manifest["splits"]) == ["val"]
+    records = _read_split(output_dir, manifest, "val")
+    assert [r["image/filename"].decode() for r in records] == sorted(listed)
+    for record in records:
+        example_id = record["image/filename"].decode()
+        image_path, label = _source_files(voc, sbd, example_id)
+        assert record["image/encoded"] == image_path.read_bytes()
+        decoded = tf.io.decode_png(record["image/segmentation/class/encoded"], channels=1)
+        np.testing.assert_array_equal(decoded.numpy()[..., 0], label, err_msg=example_id)
+    val = manifest["splits"]["val"]
+    assert val["list_files"] == {"include": [str(list_file)], "exclude": []}
+    assert val["label_source"] == {"voc": 4, "sbd": 1}
+    assert manifest["created"]["list"] == str(list_file)
+    assert sorted(p.name for p in output_dir.glob("*.tfrecord")) == [
+        f"val-0000{i}-of-00004.tfrecord" for i in range(4)]
+
+
+def test_list_into_a_named_split_and_its_errors(roots, tmp_path):
+    voc, sbd = roots
+    list_file = tmp_path / "ids.txt"
+    list_file.write_text(f"{SBD_IDS[0]}\n{PRECEDENCE_ID}\n")
+    manifest = convert.convert(voc, sbd, tmp_path / "records", list_file=list_file,
+                               list_split="seg11valid", num_shards={"train": 3, "val": 1},
+                               num_workers=1, progress_stream=None)
+    assert manifest["splits"]["seg11valid"]["num_examples"] == 2
+    assert [p.name for p in (tmp_path / "records").glob("*.tfrecord")] == [
+        "seg11valid-00000-of-00001.tfrecord"]  # not train: --val_shards' count
+    message = _convert_fails(voc, None, tmp_path / "out", list_file=list_file)
+    assert "1 of 2 val ids have no image" in message and SBD_IDS[0] in message
+    message = _convert_fails(voc, sbd, tmp_path / "out", list_file=tmp_path / "missing.txt")
+    assert f"list file {tmp_path / 'missing.txt'} does not exist (--list=" in message
+    message = _convert_fails(voc, sbd, tmp_path / "out", list_file=list_file,
+                             list_split="seg11-valid")
+    assert "--list_split=seg11-valid" in message
+    assert _left_behind(tmp_path / "out") == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,3 +479,24 @@ def test_tool_with_flagfile(roots, tmp_path):
     assert [s["count"] for s in manifest["splits"]["train"]["shards"]] == [9, 9]
     assert manifest["splits"]["val"]["shards"] == [
         {"file": "val-00000-of-00001.tfrecord", "count": 15}]
+
+
+def test_tool_with_a_list(roots, tmp_path):
+    voc, sbd = roots
+    list_file = tmp_path / "seg11valid.txt"
+    list_file.write_text("".join(f"{i}\n" for i in _expected_ids(voc)["val"][:3]))
+    result = _run_tool(f"--voc_root={voc}", f"--list={list_file}",
+                       f"--output_dir={tmp_path / 'out'}", "--num_workers=1")
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote val 3 examples to {tmp_path / 'out'} (manifest.json)." in result.stdout
+    assert "aeroplane" in result.stdout and "(void)" in result.stdout  # the pixel table
+
+
+def test_converter_modules_import_no_tensorflow():
+    # The worker processes import them: without TensorFlow each starts in a fraction of a second.
+    code = ("import sys, fcn8s_tf.convert, fcn8s_tf.convert_folders, fcn8s_tf.convert_voc; "
+            "print([m for m in ('tensorflow', 'keras') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

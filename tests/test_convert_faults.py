@@ -1,10 +1,11 @@
 """What a long conversion meets: kills at any step, signals, its own workers, other people's files,
 folders it cannot write. Real subprocesses and real signals, on a tiny synthetic VOC + SBD tree.
 
-The kill tests stop tools/make_tfrecords.py at a named step of the commit (convert._reached, a
-no-op that the wrapper below turns into a pause), SIGKILL it there from outside, and look at the
-folder as a reader would. The worker tests put a named pipe where an image should be, so that a
-worker blocks reading it (as on a stalled network file system), and signal the converter then.
+The kill tests stop tools/make_tfrecords.py at a named step of the commit
+(convert_recover._reached, a no-op that the wrapper below turns into a pause), SIGKILL it there
+from outside, and look at the folder as a reader would. The worker tests put a named pipe where
+an image should be, so that a worker blocks reading it (as on a stalled network file system), and
+signal the converter then.
 """
 
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf import convert, demo_data, records
+from fcn8s_tf import convert, convert_publish, convert_recover, demo_data, records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_tfrecords.py"
@@ -28,15 +29,16 @@ OLD_SHARDS = {"train": 3, "val": 2}
 NEW_SHARDS = {"train": 2, "val": 1}
 FIRST_TRAIN_ID = "demo_000000"  # the first train id in sorted order, its image in VOC JPEGImages
 
-# Runs the tool with convert._reached replaced: STOP_AT=<stage> pauses there (printing a line the
-# test waits for), TERM_AT=<stage> sends the process SIGTERM there and goes on; NO_EXCHANGE=1 makes
-# renameat2 fail, as on a file system without RENAME_EXCHANGE. KILL_AT_STEP=k SIGKILLs the process
-# just before the k-th file system change that involves OUTPUT_DIR or an entry directly in it,
-# whatever the code that makes it (os.unlink, rename, replace, link, rmdir; the swap).
+# Runs the tool with convert_recover._reached replaced: STOP_AT=<stage> pauses there (printing a
+# line the test waits for), TERM_AT=<stage> sends the process SIGTERM there and goes on;
+# NO_EXCHANGE=1 makes renameat2 fail, as on a file system without RENAME_EXCHANGE (it replaces
+# convert_publish._exchange). KILL_AT_STEP=k SIGKILLs the process just before the k-th file system
+# change that involves OUTPUT_DIR or an entry directly in it, whatever the code that makes it
+# (os.unlink, rename, replace, link, rmdir; the swap).
 WRAPPER = """
 import os, signal, sys, time
 if __name__ == "__main__":  # spawned workers import this file again, as __mp_main__
-    from fcn8s_tf import convert
+    from fcn8s_tf import convert_publish, convert_recover
     kill_at = int(os.environ.get("KILL_AT_STEP", 0))
     if kill_at:
         output_dir, steps = os.path.realpath(os.environ["OUTPUT_DIR"]), [0]
@@ -55,19 +57,18 @@ if __name__ == "__main__":  # spawned workers import this file again, as __mp_ma
             return step
         for name in ("unlink", "remove", "rename", "replace", "link", "rmdir"):
             setattr(os, name, counted(getattr(os, name)))
-        if hasattr(convert, "_exchange"):
-            convert._exchange = counted(convert._exchange)
+        convert_publish._exchange = counted(convert_publish._exchange)
     def reached(stage):
         if stage == os.environ.get("TERM_AT"):
             os.kill(os.getpid(), signal.SIGTERM)
         if stage == os.environ.get("STOP_AT"):
             print("STOPPED AT", stage, flush=True)
             time.sleep(600)
-    convert._reached = reached
+    convert_recover._reached = reached
     if os.environ.get("NO_EXCHANGE"):
         def no_exchange(a, b):
             raise OSError(22, "Invalid argument (RENAME_EXCHANGE switched off by the test)")
-        convert._exchange = no_exchange
+        convert_publish._exchange = no_exchange
     import runpy
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
@@ -251,7 +252,7 @@ def test_sigkill_at_any_change_to_output_dir_leaves_the_old_set_whole(tmp_path, 
 def test_overwrite_keeps_what_it_did_not_write(monkeypatch, roots, old_and_new, mode):
     output_dir, old, new = old_and_new
     if mode == "journal":
-        monkeypatch.setattr(convert, "_exchange", _no_exchange)
+        monkeypatch.setattr(convert_publish, "_exchange", _no_exchange)
     inode = os.stat(output_dir / "notes.txt").st_ino
     (output_dir / "val-00007-of-00009.tfrecord").write_bytes(b"a stray shard of mine")
     log = _Log()
@@ -296,12 +297,12 @@ def test_output_dir_that_is_a_symlink_stays_one(roots, tmp_path):
 def test_a_second_converter_on_a_folder_in_use_fails(roots, tmp_path):
     output_dir = tmp_path / "records"
     output_dir.mkdir()
-    held = convert._lock(output_dir)  # what a running converter holds
+    held = convert_recover.lock(output_dir)  # what a running converter holds
     try:
         with pytest.raises(convert.ConversionError, match="another make_tfrecords is writing"):
             _convert(roots, output_dir, NEW_SHARDS)
     finally:
-        convert._unlock(held)
+        convert_recover.unlock(held)
     assert _snapshot(output_dir) == {}
 
 

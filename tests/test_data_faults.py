@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import record_utils
 from fcn8s_tf import convert, input_pipeline, records
+from fcn8s_tf.voc import VOC_CLASSES, VOC_PALETTE
 
 NUM_CLASSES = 3
 NUM_EXAMPLES, NUM_SHARDS = 12, 3
@@ -238,3 +239,56 @@ def test_other_errors_pass_through(tmp_path):
     with pytest.raises(tf.errors.DataLossError, match="Unable to open table file"):
         with input_pipeline.data_errors_named(pattern):
             raise tf.errors.DataLossError(None, None, "Unable to open table file ckpt-3.index")
+
+
+# ----------------------------------------------------------------------------------------------
+# records.read_classes: the manifest's class metadata, what training names classes from.
+# ----------------------------------------------------------------------------------------------
+
+VOC_ENTRY = {"names": list(VOC_CLASSES), "palette": VOC_PALETTE[:21].tolist(), "ignore_label": 255}
+
+
+def test_read_classes_of_a_converted_folder(demo_output, tmp_path):
+    assert records.read_classes(convert.shard_pattern(demo_output, "train")) == VOC_ENTRY
+    assert records.read_classes(convert.shard_pattern(demo_output, "val")) == VOC_ENTRY
+    # A wildcard in the folder part: the manifests of the folders with matching files.
+    assert records.read_classes(str(demo_output.parent / "rec*" / "train-*.tfrecord")) == \
+        VOC_ENTRY
+    pattern, _ = _write(tmp_path / "bare")
+    assert records.read_classes(pattern) is None  # no manifest
+    (tmp_path / "bare" / convert.MANIFEST_NAME).write_text('{"splits": {}}')
+    assert records.read_classes(pattern) is None  # a manifest without classes
+    # What converter versions before the class metadata wrote: VOC's names, a top-level ignore.
+    (tmp_path / "bare" / convert.MANIFEST_NAME).write_text(
+        json.dumps({"classes": list(VOC_CLASSES), "ignore_label": 255}))
+    assert records.read_classes(pattern) == VOC_ENTRY
+
+
+@pytest.mark.parametrize("classes, expected", [
+    (["cat", "dog"], '"classes" is a list, not an object'),
+    ({"names": [], "palette": [], "ignore_label": 255}, '"names" is not a non-empty list'),
+    ({"names": ["a", "a"], "palette": [[0, 0, 0]] * 2, "ignore_label": 255}, "repeats a name"),
+    ({"names": ["a", "b"], "palette": [[0, 0, 0]], "ignore_label": 255},
+     "does not hold one colour for each of the 2 classes"),
+    ({"names": ["a"], "palette": [[0, 0, 256]], "ignore_label": 255}, "holds [0, 0, 256]"),
+    ({"names": ["a"], "palette": [[0, 0]], "ignore_label": 255}, "holds [0, 0]"),
+    ({"names": ["a", "b"], "palette": [[0, 0, 0], [1, 1, 1]], "ignore_label": 1},
+     '"ignore_label" is 1; expected an integer in 2..255'),
+    ({"names": ["a"], "palette": [[0, 0, 0]]}, '"ignore_label" is None'),
+])
+def test_read_classes_refuses_a_malformed_manifest(tmp_path, classes, expected):
+    pattern, _ = _write(tmp_path)
+    (tmp_path / convert.MANIFEST_NAME).write_text(json.dumps({"classes": classes}))
+    with pytest.raises(records.DataError) as error:
+        records.read_classes(pattern)
+    message = _one_line(error)
+    assert message.startswith(f"{tmp_path / convert.MANIFEST_NAME}: ") and expected in message
+
+
+def test_read_classes_of_folders_that_disagree(tmp_path):
+    for name, names in [("a", ["x", "y"]), ("b", ["x", "z"])]:
+        _write(tmp_path / name)
+        (tmp_path / name / convert.MANIFEST_NAME).write_text(json.dumps({"classes": {
+            "names": names, "palette": [[0, 0, 0], [1, 1, 1]], "ignore_label": 255}}))
+    with pytest.raises(records.DataError, match="disagree on the classes"):
+        records.read_classes(str(tmp_path / "*" / "train-*.tfrecord"))

@@ -7,7 +7,7 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import convert, demo_data, records
+from fcn8s_tf import convert, convert_folders, demo_data, records
 from fcn8s_tf.voc import IGNORE_LABEL, VOC_PALETTE
 
 SMALL = dict(num_train=16, num_val=6, image_size=(64, 80))
@@ -95,8 +95,10 @@ def test_converter_reads_it(demo, tmp_path):
     assert train["num_examples"] == 16 and val["num_examples"] == 6
     assert train["label_source"] == {"voc": 4, "sbd": 12}
     assert val["label_source"] == {"voc": 6, "sbd": 0}
-    counts = train["class_pixel_counts"]
-    assert counts["ignore"] > 0 and all(counts[name] > 0 for name in ("aeroplane", "cat", "person"))
+    names = manifest["classes"]["names"]
+    assert train["ignore_pixels"] > 0
+    assert all(train["class_pixels"][names.index(name)] > 0
+               for name in ("aeroplane", "cat", "person"))
 
     files = [str(tmp_path / "records" / s["file"]) for s in train["shards"]]
     for image, label, _ in tf.data.TFRecordDataset(files).map(records.decode_example):
@@ -133,3 +135,54 @@ def test_content_is_easy_to_learn():
             assert np.abs(background.mean(axis=0) - background.mean()).max() < 20
     assert 0.1 < min(foreground) and max(foreground) <= 0.65
     assert 0.25 <= np.mean(foreground) <= 0.6
+
+
+# ----------------------------------------------------------------------------------------------
+# --format=folders: what a user with their own data has.
+# ----------------------------------------------------------------------------------------------
+
+FOLDERS = dict(num_images=12, image_size=(40, 48))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("folders")
+    return output_dir, demo_data.make_folders_dataset(output_dir, seed=3, **FOLDERS)
+
+
+def test_folders_same_seed_same_bytes(folders, tmp_path):
+    output_dir, _ = folders
+    demo_data.make_folders_dataset(tmp_path / "again", seed=3, **FOLDERS)
+    assert _files(tmp_path / "again") == _files(output_dir)
+    demo_data.make_folders_dataset(output_dir, seed=3, **FOLDERS)  # replaces its own files
+    assert _files(output_dir) == _files(tmp_path / "again")
+    (tmp_path / "foreign" / "masks").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="DEMO_DATASET.txt"):
+        demo_data.make_folders_dataset(tmp_path / "foreign", **FOLDERS)
+
+
+def test_folders_layout_and_formats(folders):
+    _, paths = folders
+    classes, coloured = convert_folders.read_classes_file(paths["classes"])
+    assert coloured and classes.names == ("background", "circle", "square")
+    colours = {tuple(c) for c in classes.palette} | {demo_data.FOLDER_VOID_COLOUR}
+    images = sorted(p.name for p in paths["images"].iterdir())
+    assert len(images) == 12 and sum(name.endswith(".png") for name in images) == 3
+    for name in images:
+        image = Image.open(paths["images"] / name)
+        assert image.mode == "RGB" and image.size == (48, 40)
+        mask = Image.open(paths["masks"] / (name.rsplit(".", 1)[0] + ".png"))
+        assert mask.mode == "RGB" and mask.size == (48, 40)
+        assert {tuple(c) for c in np.unique(np.array(mask).reshape(-1, 3), axis=0)} <= colours
+
+
+def test_converter_reads_the_folders(folders, tmp_path):
+    _, paths = folders
+    manifest = convert.convert_folders(
+        paths["images"], paths["masks"], paths["classes"], tmp_path / "records",
+        ignore_color=demo_data.FOLDER_VOID_COLOUR, splits={"train": 0.75, "val": 0.25},
+        num_workers=1, progress_stream=None)
+    train = manifest["splits"]["train"]
+    assert train["num_examples"] == 9 and manifest["splits"]["val"]["num_examples"] == 3
+    assert all(n > 0 for n in train["class_pixels"]) and train["ignore_pixels"] > 0
+    assert manifest["classes"]["palette"] == [[0, 0, 0], [0, 192, 0], [0, 0, 192]]

@@ -196,8 +196,9 @@ def test_cli_on_a_saved_model_base_dir_uses_the_highest_version(sample, tmp_path
 
 def test_saved_model_version_dir_and_missing_signature(tmp_path):
     _export(_RedIsPerson(128), tmp_path / "7")
-    predict_fn, loaded, num_classes = evaluate_lib.load_predict_fn(str(tmp_path / "7"))
-    assert loaded == f"SavedModel {tmp_path / '7'}" and num_classes == NUM_CLASSES
+    predict_fn, loaded, classes = evaluate_lib.load_predict_fn(str(tmp_path / "7"))
+    assert loaded == f"SavedModel {tmp_path / '7'}"
+    assert classes.names == VOC_CLASSES  # no metadata signature: VOC's, by the class count
     image = np.zeros((5, 6, 3), np.uint8)
     image[:, :3, 0] = 200
     np.testing.assert_array_equal(predict_fn(tf.constant(image))["labels"].numpy(),
@@ -239,9 +240,9 @@ def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
     image = np.random.default_rng(0).integers(0, 256, size=(9, 13, 3)).astype(np.uint8)
     want = np.argmax(trained(model_lib.preprocess(image[None])).numpy()[0], axis=-1)
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
-        predict_fn, loaded, num_classes = evaluate_lib.load_predict_fn(str(path))
+        predict_fn, loaded, classes = evaluate_lib.load_predict_fn(str(path))
         assert loaded.startswith("checkpoint ") and loaded.endswith("ckpt-5")
-        assert num_classes == 5
+        assert classes.num_classes == 5
         got = predict_fn(tf.constant(image))["labels"].numpy()
         assert got.dtype == np.int32 and got.shape == (9, 13)
         np.testing.assert_array_equal(got, want)
@@ -269,8 +270,8 @@ def test_workdir_with_the_real_fcn8s(tmp_path):
     _write_workdir(tmp_path / "run", config, trained)
     image = np.random.default_rng(0).integers(0, 256, size=(37, 45, 3)).astype(np.uint8)
     want = np.argmax(trained(model_lib.preprocess(image[None]), training=False).numpy()[0], -1)
-    predict_fn, _, num_classes = evaluate_lib.load_predict_fn(str(tmp_path / "run"))
-    assert num_classes == 3
+    predict_fn, _, classes = evaluate_lib.load_predict_fn(str(tmp_path / "run"))
+    assert classes.num_classes == 3
     np.testing.assert_array_equal(predict_fn(tf.constant(image))["labels"].numpy(), want)
 
 

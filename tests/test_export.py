@@ -45,8 +45,9 @@ def exported(tmp_path_factory):
     return model, base, path
 
 
-# Runs in a fresh interpreter in which `import fcn8s_tf` fails: what TF Serving sees.
-RELOAD_SCRIPT = textwrap.dedent("""
+# The start of a script for a fresh interpreter in which `import fcn8s_tf` fails: what TF
+# Serving sees. tests/test_serving.py uses it too.
+NO_PROJECT_CODE = textwrap.dedent("""
     import base64, json, sys
     class Block:
         def find_spec(self, name, path=None, target=None):
@@ -54,6 +55,9 @@ RELOAD_SCRIPT = textwrap.dedent("""
                 raise ImportError("fcn8s_tf must not be needed to serve")
     sys.meta_path.insert(0, Block())
     import numpy as np, tensorflow as tf
+""")
+
+RELOAD_SCRIPT = NO_PROJECT_CODE + textwrap.dedent("""
     request = json.load(sys.stdin)
     images = [base64.b64decode(b) for b in request["images"]]
     loaded = tf.saved_model.load(request["path"])
@@ -85,7 +89,8 @@ def test_round_trip_in_fresh_process(exported):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert out["signatures"] == ["serving_default", "serving_probabilities", "serving_uint8"]
+    assert out["signatures"] == ["metadata", "serving_default", "serving_probabilities",
+                                 "serving_uint8"]
     assert out["height"] == [41, 23] and out["width"] == [57, 30]
     batch = np.array(out["batch_labels"])
     assert batch.shape == (2, 41, 57)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import predict
-from fcn8s_tf.voc import IGNORE_LABEL, VOC_PALETTE
+from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON = 15
@@ -81,18 +81,23 @@ def _expected_labels(path: Path) -> np.ndarray:
     return np.where(image[..., 0].astype(int) > 128, PERSON, 0)
 
 
-def _check_outputs(out: Path, path: Path, want: np.ndarray) -> None:
+def _check_outputs(out: Path, path: Path, want: np.ndarray, palette=VOC_PALETTE) -> None:
     with Image.open(out / f"{path.stem}_mask.png") as mask:
         assert mask.mode == "P" and mask.size == (want.shape[1], want.shape[0])
         np.testing.assert_array_equal(np.array(mask), want)
-        palette = np.array(mask.getpalette(), np.uint8).reshape(-1, 3)
-        np.testing.assert_array_equal(palette, VOC_PALETTE)
+        saved = np.array(mask.getpalette(), np.uint8).reshape(-1, 3)
+        np.testing.assert_array_equal(saved, palette)
     with Image.open(path) as source:
         rgb = np.asarray(source.convert("RGB")).astype(np.float64)
+    h, w = want.shape
     with Image.open(out / f"{path.stem}_overlay.png") as overlay:
-        assert overlay.mode == "RGB" and overlay.size == (want.shape[1], want.shape[0])
-        blended = np.round(0.5 * rgb + 0.5 * VOC_PALETTE[want]).astype(np.uint8)
-        np.testing.assert_array_equal(np.asarray(overlay), blended)
+        pixels = np.asarray(overlay)
+    assert pixels.shape[1] == w and pixels.shape[0] > h  # the picture, then the legend strip
+    blended = np.round(0.5 * rgb + 0.5 * palette[want]).astype(np.uint8)
+    np.testing.assert_array_equal(pixels[:h], blended)
+    legend = pixels[h:]
+    for class_id in np.unique(want):  # each class present has its colour swatch in the legend
+        assert (legend == palette[class_id]).all(axis=-1).sum() >= 100, class_id
 
 
 def test_local_saved_model_writes_masks_and_overlays(export_base, images, tmp_path):
@@ -132,6 +137,12 @@ def test_same_stem_twice_gets_distinct_outputs(export_base, images, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ REST --
+# The served model's own classes (its metadata signature): VOC's, with person renamed and recoloured.
+SERVED_NAMES = ["human" if n == "person" else n for n in VOC_CLASSES]
+SERVED_PALETTE = VOC_PALETTE.copy()
+SERVED_PALETTE[PERSON] = (10, 200, 30)
+
+
 class _FakeServing(http.server.BaseHTTPRequestHandler):
     """Answers POST /v1/models/fcn8s:predict like TF Serving's REST API (row format), padding the
     labels as if the image had been batched with a larger one."""
@@ -143,6 +154,10 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
         type(self).requests.append((self.path, body))
         if self.path != "/v1/models/fcn8s:predict":
             return self._reply(404, {"error": f"Servable not found for request: {self.path}"})
+        if body.get("signature_name") == "metadata":  # columnar answer, as TF Serving gives
+            return self._reply(200, {"outputs": {
+                "class_names": SERVED_NAMES, "palette": SERVED_PALETTE[:21].tolist(),
+                "ignore_label": 255}})
         data = base64.b64decode(body["instances"][0]["image_bytes"]["b64"])
         rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         labels = np.where(rgb[..., 0].astype(int) > 128, PERSON, 0)
@@ -183,14 +198,18 @@ def test_rest_server_path(server, images, tmp_path):
     assert model.url == f"{server}/v1/models/fcn8s:predict"
     results = predict.predict_files(model, [str(p) for p in images], str(tmp_path),
                                     print_fn=lambda _: None)
-    path, body = _FakeServing.requests[0]
+    assert _FakeServing.requests[0][1] == {"signature_name": "metadata",
+                                           "inputs": {"unused": 0}}
+    assert model.classes.names[PERSON] == "human"
+    path, body = _FakeServing.requests[1]
     assert body["signature_name"] == "serving_default"
     assert base64.b64decode(body["instances"][0]["image_bytes"]["b64"]) == images[0].read_bytes()
     for image_path, result in zip(images, results):
         with Image.open(image_path) as source:
             want = np.where(np.asarray(source.convert("RGB"))[..., 0].astype(int) > 128, PERSON, 0)
         np.testing.assert_array_equal(result["labels"], want)  # the padding was cropped off
-        _check_outputs(tmp_path, image_path, want)
+        _check_outputs(tmp_path, image_path, want, SERVED_PALETTE)
+        assert dict(result["classes"]).keys() <= {"background", "human"}
 
 
 def test_rest_error_answer_is_reported(server, images):

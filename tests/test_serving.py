@@ -25,6 +25,7 @@ from PIL import Image
 
 from fcn8s_tf import serving
 from fcn8s_tf import train as train_lib
+from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
 from test_train import tiny_config  # pytest puts tests/ on sys.path (rootdir conftest)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,21 +46,20 @@ def _images():
 
 # Runs where TF Serving runs: no project code importable. Reads a JSON request on stdin, prints
 # RESULT<json>. Every array goes back as a list so that the parent can compare.
-SERVER_SIDE = textwrap.dedent("""
-    import base64, json, sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "fcn8s_tf":
-                raise ImportError("fcn8s_tf must not be needed to serve")
-    sys.meta_path.insert(0, Block())
-    import numpy as np, tensorflow as tf
-
+SERVER_SIDE = NO_PROJECT_CODE + textwrap.dedent("""
     request = json.load(sys.stdin)
+
+    def _plain(value):  # bytes (string tensors) -> str, for JSON
+        if isinstance(value, list):
+            return [_plain(v) for v in value]
+        return value.decode() if isinstance(value, bytes) else value
 
     def inputs_of(case):
         if "image_bytes" in case:
             return {"image_bytes": np.array([base64.b64decode(b) for b in case["image_bytes"]],
                                             dtype=object)}
+        if "unused" in case:
+            return {"unused": np.array(case["unused"], np.int32)}
         return {"images": np.array(case["images"], np.uint8).reshape(case["shape"])}
 
     def run_session(export_dir, cases):
@@ -73,7 +73,7 @@ SERVER_SIDE = textwrap.dedent("""
                 fetches = {k: t.name for k, t in sig.outputs.items()}
                 try:
                     result = sess.run(fetches, feeds)
-                    out.append({k: {"shape": list(v.shape), "values": v.tolist()}
+                    out.append({k: {"shape": list(v.shape), "values": _plain(v.tolist())}
                                 for k, v in result.items()})
                 except tf.errors.OpError as e:  # the server answers the request with an error
                     out.append({"error": type(e).__name__, "message": e.message})
@@ -85,7 +85,7 @@ SERVER_SIDE = textwrap.dedent("""
         for case in cases:
             fn = loaded.signatures[case["signature"]]
             inputs = {k: tf.constant(v) for k, v in inputs_of(case).items()}
-            out.append({k: {"shape": list(v.shape), "values": v.numpy().tolist()}
+            out.append({k: {"shape": list(v.shape), "values": _plain(v.numpy().tolist())}
                         for k, v in fn(**inputs).items()})
         return out
 
@@ -101,6 +101,8 @@ SERVER_SIDE = textwrap.dedent("""
                 value = tf.make_ndarray(proto)
                 if key == "image_bytes":
                     case[key] = [base64.b64encode(b).decode() for b in value]
+                elif key == "unused":
+                    case[key] = int(value)
                 else:
                     case[key], case["shape"] = value.ravel().tolist(), list(value.shape)
             cases.append(case)
@@ -143,6 +145,7 @@ def good_cases():
         {"signature": "serving_probabilities", "image_bytes": [_b64(jpeg), _b64(png)]},
         {"signature": "serving_uint8", "images": pixels.ravel().tolist(),
          "shape": list(pixels.shape)},
+        {"signature": "metadata", "unused": 0},
     ]
 
 
@@ -176,6 +179,9 @@ def test_every_signature_runs_under_the_session_loader(exports):
             for key in session:
                 got, want = np.array(session[key]["values"]), np.array(objective[key]["values"])
                 assert got.shape == want.shape, (name, key)
+                if got.dtype.kind in "US":  # class names
+                    assert got.tolist() == want.tolist(), (name, key)
+                    continue
                 np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7,
                                            err_msg=f"{name} {case['signature']} {key}")
         probabilities = np.array(entry["session"][1]["probabilities"]["values"])
@@ -186,11 +192,19 @@ def test_every_signature_runs_under_the_session_loader(exports):
         # The warmup file: one request per signature, parsed by TF Serving's own generated
         # classes, each of which runs through the session loader as TF Serving replays it.
         signatures = sorted(c["signature"] for c in entry["warmup_cases"])
-        assert signatures == sorted(serving.SIGNATURES)
+        assert signatures == sorted(serving.ALL_SIGNATURES)
+        # The classes the run trained on, readable by a client without the project.
+        metadata = entry["session"][3]
+        assert metadata["class_names"]["values"] == ["class_0", "class_1", "class_2"]
+        assert metadata["palette"]["shape"] == [3, 3]
+        assert metadata["ignore_label"]["values"] == 255
+        names_file = Path(export_dir) / "assets" / serving.CLASS_NAMES_ASSET
+        assert names_file.read_text().split() == ["class_0", "class_1", "class_2"]
         assert all(c["model"] == "fcn8s" for c in entry["warmup_cases"])
         for case, answer in zip(entry["warmup_cases"], entry["warmup_session"]):
             assert "error" not in answer, (name, case["signature"], answer)
-            assert answer["labels"]["shape"][1:3] == list(serving.WARMUP_IMAGE_SIZE)
+            if case["signature"] != serving.SIGNATURE_METADATA:
+                assert answer["labels"]["shape"][1:3] == list(serving.WARMUP_IMAGE_SIZE)
 
 
 def _truncated(data: bytes) -> bytes:
@@ -278,7 +292,7 @@ def test_warmup_record_is_a_prediction_log():
         reason="tensorflow-serving-api (installed by `make install` with --no-deps) is needed to "
                "parse the warmup file back")
     records = serving.warmup_requests("my_model")
-    assert sorted(records) == sorted(serving.SIGNATURES)
+    assert sorted(records) == sorted(serving.ALL_SIGNATURES)
     for signature, record in records.items():
         log = prediction_log_pb2.PredictionLog.FromString(record)
         assert log.WhichOneof("log_type") == "predict_log"
@@ -289,6 +303,8 @@ def test_warmup_record_is_a_prediction_log():
         value = tf.make_ndarray(proto)
         if signature == serving.SIGNATURE_UINT8:
             assert key == "images" and value.shape == (1, 64, 64, 3) and value.dtype == np.uint8
+        elif signature == serving.SIGNATURE_METADATA:
+            assert key == "unused" and value.shape == () and value.dtype == np.int32
         else:
             assert key == "image_bytes" and value.shape == (1,)
             assert tf.io.decode_jpeg(value[0]).shape == (64, 64, 3)
@@ -299,7 +315,7 @@ def test_saved_model_cli_show_lists_named_inputs_and_outputs(exports):
     proc = subprocess.run([str(cli), "show", "--all", "--dir", exports["cli"]],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for signature in serving.SIGNATURES:
+    for signature in serving.ALL_SIGNATURES:
         assert f"signature_def['{signature}']" in proc.stdout
     for name in ("inputs['image_bytes']", "inputs['images']", "outputs['labels']",
                  "outputs['probabilities']", "outputs['height']", "outputs['width']"):

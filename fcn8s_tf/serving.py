@@ -144,6 +144,7 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor) -> List[tf.Operation]
     either (FF is byte-stuffed there), an EXIF thumbnail's EOI comes before the main scan, and
     trailers some phones append after the EOI are allowed. A PNG is complete when it holds IEND.
     """
+    empty = tf.equal(tf.strings.length(data), 0)
     head = tf.strings.substr(data, 0, 8)
     is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
     is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
@@ -158,8 +159,10 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor) -> List[tf.Operation]
         return tf.debugging.Assert(condition, [tf.strings.join([item, problem])])
 
     return [
-        check(tf.strings.length(data) > 0, "is an empty string"),
-        check(is_jpeg | is_png | is_gif | is_bmp, "is not a JPEG, PNG, GIF or BMP image"),
+        # Each problem fails exactly one check (an empty string is not also "not an image"), so
+        # the message does not depend on which assertion the executor happens to run first.
+        check(~empty, "is an empty string"),
+        check(empty | is_jpeg | is_png | is_gif | is_bmp, "is not a JPEG, PNG, GIF or BMP image"),
         check(~is_jpeg | jpeg_whole, "is a truncated JPEG (no end-of-image marker after its data)"),
         check(~is_png | png_whole, "is a truncated PNG (no IEND chunk)"),
     ]

@@ -119,12 +119,17 @@ def main(argv):
     print(path)
 
 
-if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Training run directory (model_config.json, checkpoints/).",
-                        required=True)
+def define_flags() -> None:
+    """The command-line flags; defined only when run as a program, so importing defines none."""
+    flags.DEFINE_string("workdir", None, "Training run directory (model_config.json, "
+                        "checkpoints/).", required=True)
     flags.DEFINE_string("export_dir", "", "Export base directory; default <workdir>/export.")
     flags.DEFINE_integer("version", None, "Numeric version; default: one more than the highest.")
     flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
                          "Images with more pixels (H*W) are downscaled to this many at serve time.",
                          lower_bound=1)
+
+
+if __name__ == "__main__":
+    define_flags()
     app.run(main)

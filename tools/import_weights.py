@@ -16,17 +16,21 @@ from absl import app, flags
 from fcn8s_tf import caffe
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("weights", None, "The .caffemodel (e.g. fcn8s-heavy-pascal.caffemodel) or "
-                    ".npz (Chainer keys conv1_1/W, or PyTorch keys conv1_1.weight).",
-                    required=True)
-flags.DEFINE_string("workdir", None, "Directory to create (model_config.json, checkpoints/, "
-                    "export/).", required=True)
-flags.DEFINE_string("sha1", None, "Expected SHA-1 of --weights, checked before reading it.")
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty --workdir (only once the new one is "
-                  "complete).")
-flags.DEFINE_list("skip_scales", None, "pool4,pool3 skip scales, only for an .npz without "
-                  "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for the "
-                  "staged one. A .caffemodel carries its own.")
+
+
+def define_flags() -> None:
+    """The command-line flags, defined under __main__ only, as in every CLI of the project."""
+    flags.DEFINE_string("weights", None, "The .caffemodel (e.g. fcn8s-heavy-pascal.caffemodel) or "
+                        ".npz (Chainer keys conv1_1/W, or PyTorch keys conv1_1.weight).",
+                        required=True)
+    flags.DEFINE_string("workdir", None, "Directory to create (model_config.json, checkpoints/, "
+                        "export/).", required=True)
+    flags.DEFINE_string("sha1", None, "Expected SHA-1 of --weights, checked before reading it.")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --workdir (only once the new one is "
+                      "complete).")
+    flags.DEFINE_list("skip_scales", None, "pool4,pool3 skip scales, only for an .npz without "
+                      "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for the "
+                      "staged one. A .caffemodel carries its own.")
 
 
 def main(argv):
@@ -49,4 +53,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

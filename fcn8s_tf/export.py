@@ -1,7 +1,7 @@
 """Export: a SavedModel in TF Serving's layout, `<base>/<version>/saved_model.pb`.
 
     python -m fcn8s_tf.export --workdir=runs/voc [--export_dir=runs/voc/export] [--version=N] \
-        [--max_image_pixels=4194304]
+        [--max_image_pixels=4194304] [--max_output_bytes=536870912]
 
 What the export contains (signatures, limits, the warmup file) is the serving contract, owned by
 fcn8s_tf/serving.py; this module turns a trained model into such an export, atomically.
@@ -51,7 +51,8 @@ def serving_twin(model: keras.Model, model_kwargs: Optional[Dict]) -> keras.Mode
 def export_saved_model(model: keras.Model, export_base: str, version: Optional[int] = None,
                        model_kwargs: Optional[Dict] = None,
                        max_image_pixels: int = serving.DEFAULT_MAX_IMAGE_PIXELS,
-                       classes: Optional[voc.ClassInfo] = None) -> str:
+                       classes: Optional[voc.ClassInfo] = None,
+                       max_output_bytes: int = serving.DEFAULT_MAX_OUTPUT_BYTES) -> str:
     """Writes `model` as `<export_base>/<version>/` (TF Serving layout) and returns that path.
 
     Args:
@@ -60,8 +61,9 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
       export_base: the model base path TF Serving watches.
       version: numeric version; default one more than the highest present.
       model_kwargs: build_fcn8s arguments (needed only for the twin).
-      max_image_pixels: larger images are downscaled to this many pixels at serve time
-        (fcn8s_tf/serving.py).
+      max_image_pixels: the net's budget per image: larger images (padding counted) are downscaled
+        at serve time, and ones over 4x this many pixels refused (serving.Budget).
+      max_output_bytes: requests whose answer would be larger are refused (serving.Budget).
       classes: the classes the model predicts (names, colours), for the `metadata` signature and
         assets/class_names.txt; default VOC's (or class_<i>) for its class count.
     Returns:
@@ -82,7 +84,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     if classes.num_classes != twin.output_shape[-1]:
         raise ValueError(f"{classes.num_classes} class names for a model of "
                          f"{twin.output_shape[-1]} classes")
-    signatures = serving.serving_signatures(twin, max_image_pixels, classes)
+    signatures = serving.serving_signatures(twin, max_image_pixels, classes, max_output_bytes)
     names_dir = tempfile.mkdtemp(prefix="fcn8s_export_assets_")
     names_file = os.path.join(names_dir, serving.CLASS_NAMES_ASSET)
     with open(names_file, "w") as f:
@@ -110,6 +112,7 @@ def main(argv):
         model, _ = workdir_lib.load_model(FLAGS.workdir)
         path = export_saved_model(model, export_base, FLAGS.version,
                                   max_image_pixels=FLAGS.max_image_pixels,
+                                  max_output_bytes=FLAGS.max_output_bytes,
                                   classes=workdir_lib.read_classes(FLAGS.workdir))
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
             ValueError) as e:
@@ -126,7 +129,12 @@ def define_flags() -> None:
     flags.DEFINE_string("export_dir", "", "Export base directory; default <workdir>/export.")
     flags.DEFINE_integer("version", None, "Numeric version; default: one more than the highest.")
     flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
-                         "Images with more pixels (H*W) are downscaled to this many at serve time.",
+                         "Serving budget per image: an image whose padded area exceeds that of a "
+                         "square of this many pixels is downscaled at serve time; one of more than "
+                         "4x this many pixels is refused.", lower_bound=1)
+    flags.DEFINE_integer("max_output_bytes", serving.DEFAULT_MAX_OUTPUT_BYTES,
+                         "Serving budget per request: a request whose answer (labels, plus "
+                         "probabilities where asked for) would take more bytes is refused.",
                          lower_bound=1)
 
 

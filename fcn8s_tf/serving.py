@@ -24,13 +24,19 @@ Images of a string batch run through the net one at a time at their own size: FC
 context, so padding an image to its batch-mates' size would change its answer. A batch of zero images
 gives outputs with a zero batch dimension.
 
-Bounded work per request: an image larger than `max_image_pixels` (H * W) is downscaled (area-
-preserving aspect, antialiased) to fit the limit, segmented, and its labels and probabilities are
-resized back to the full size with nearest neighbour, so a 4000x3000 phone photo costs what a
-2048x2048 one does instead of ~9 GB. Images within the limit are untouched (exact answers).
+Bounded work per request (class Budget; BUILD.md states it for deployers): what a request costs is
+decided before any image is decoded, from the headers. An image runs through the net at a size whose
+padded area (the net pads 100 px on every side) is at most that of a max_image_pixels square, so a
+1 x 50000 strip costs what a 2048 x 2048 image does, not more; a larger image is downscaled (aspect
+kept, antialiased), segmented, and its labels and probabilities are resized back to the full size
+with nearest neighbour. An image declaring more than 4 x max_image_pixels pixels, or a request whose
+answer (every item padded to the largest) would exceed max_output_bytes, is refused with an
+InvalidArgumentError that names the item or the sizes. Images within the budget are answered
+exactly. serving_uint8 runs its batch one image at a time for the same reason.
 
-Bad input fails the request, never the server: empty strings, bytes that are not JPEG/PNG/GIF/BMP, and
-truncated JPEG/PNG files raise InvalidArgumentError naming the item's index in the batch.
+Bad input fails the request, never the server: empty strings, bytes that are not JPEG/PNG/GIF/BMP,
+truncated JPEG/PNG files and images over the budget raise InvalidArgumentError naming the item's
+index in the batch.
 
 Why the variables are tracked by hand: a Keras 3 variable is a wrapper around a tf.Variable. Saved as
 part of a Keras model, each wrapper exports a *copy* of its tf.Variable (`keras.Variable.
@@ -42,6 +48,7 @@ the same way as here: the root object tracks the tf.Variables the traced functio
 the Keras model (which would also double the size of the variables file).
 """
 
+import math
 import os
 from typing import TYPE_CHECKING, Dict, List, Optional
 
@@ -65,9 +72,12 @@ UINT8_INPUT = "images"
 METADATA_INPUT = "unused"
 CLASS_NAMES_ASSET = "class_names.txt"  # one name per line, in label-index order
 
-# 2048 x 2048 covers VOC images (500 x 375) and common photo sizes after one downscale step; the
-# float32 forward of a 2048 x 2048 image needs ~3.5 GB on a CPU.
+# The per-request budget (class Budget). 2048 x 2048 covers VOC images (500 x 375) and common photo
+# sizes after one downscale step; the float32 forward of a 2048 x 2048 image peaks at ~4 GB on a CPU.
 DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
+# 512 MiB of answer: 134 M pixels of labels, or 1.5 M pixels of 21-class probabilities (a 2048 x
+# 2048 image's are 369 MB; a 12 MP photo's, 1.06 GB, are refused: ask serving_default for labels).
+DEFAULT_MAX_OUTPUT_BYTES = 512 * 2 ** 20
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_IMAGE_SIZE = (64, 64)
 
@@ -168,33 +178,148 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor) -> List[tf.Operation]
     ]
 
 
+def _bytes_at(data: tf.Tensor, size: int) -> tf.Tensor:
+    """The first `size` bytes of a scalar string as int64 (size,), zero-filled past its end."""
+    head = tf.strings.substr(tf.strings.join([data, b"\0" * size]), 0, size)
+    return tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+
+def declared_size(data: tf.Tensor) -> tf.Tensor:
+    """(2,) int64 height and width that an encoded image's header declares, read without decoding.
+
+    JPEG: the SOF marker (tf.image.extract_jpeg_shape reads the header only); PNG: the IHDR chunk;
+    GIF: the logical screen (what tf.io.decode_gif returns); BMP: the info header (a negative
+    height means top-down rows). (0, 0) for anything else. Run it after check_encoded_image.
+    """
+    b = _bytes_at(data, 26)
+    shift = tf.bitwise.left_shift
+
+    def unsigned(offset, length, big_endian):
+        value = tf.constant(0, tf.int64)
+        for k in range(length):
+            value = value + shift(b[offset + k], 8 * ((length - 1 - k) if big_endian else k))
+        return value
+
+    bmp_height = unsigned(22, 4, False)
+    bmp_height = tf.abs(tf.where(bmp_height >= 2 ** 31, bmp_height - 2 ** 32, bmp_height))
+    by_format = [
+        (tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),
+         lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
+         lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
+        (tf.equal(tf.strings.substr(data, 0, 4), b"GIF8"),
+         lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
+        (tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
+         lambda: tf.stack([bmp_height, unsigned(18, 4, False)])),
+    ]
+    return tf.case(by_format, default=lambda: tf.zeros([2], tf.int64))
+
+
 def net_input_size(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.Tensor:
-    """(2,) int32 size at which the net sees an image: its own, or scaled down to <= max_pixels."""
+    """(2,) int32 size at which the net sees an image: its own, or scaled down to the net budget.
+
+    The net pads its input by model.INPUT_PAD on every side, so an image costs what its padded area
+    (H + 200)(W + 200) does: a 1 x 50000 strip does the work of a 3200 x 3200 image. The budget is the
+    padded area of a sqrt(max_pixels)-square image; an image over it is scaled by the factor s that
+    solves (sH + 200)(sW + 200) = budget (keeping its aspect ratio), each side at least 1 pixel.
+    """
+    from fcn8s_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+    pad = tf.constant(2.0 * model_lib.INPUT_PAD, tf.float64)
+    budget = tf.constant((math.sqrt(max_pixels) + 2.0 * model_lib.INPUT_PAD) ** 2, tf.float64)
     h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    limit = tf.constant(max_pixels, tf.float64)
-    scale = tf.sqrt(limit / tf.maximum(h * w, limit))
-    small = tf.cast(tf.maximum(tf.floor(tf.stack([h, w]) * scale), 1.0), tf.int32)
-    return tf.where(h * w > limit, small, tf.stack([height, width]))
+    over = (h + pad) * (w + pad) > budget
+    # The positive root of h*w*s^2 + pad*(h+w)*s + pad^2 - budget = 0.
+    a, b, c = tf.maximum(h * w, 1.0), pad * (h + w), pad * pad - budget
+    s = (-b + tf.sqrt(b * b - 4.0 * a * c)) / (2.0 * a)
+    small_h = tf.maximum(tf.floor(s * h), 1.0)
+    small_w = tf.maximum(tf.floor(s * w), 1.0)
+    # A side clamped up to 1 pixel leaves less room for the other one.
+    small_w = tf.maximum(tf.minimum(small_w, tf.floor(budget / (small_h + pad)) - pad), 1.0)
+    small_h = tf.maximum(tf.minimum(small_h, tf.floor(budget / (small_w + pad)) - pad), 1.0)
+    small = tf.cast(tf.stack([small_h, small_w]), tf.int32)
+    return tf.where(over, small, tf.cast(tf.stack([height, width]), tf.int32))
+
+
+class Budget:
+    """What one request may cost; BUILD.md ("Bounded work per request") states it for deployers.
+
+    net: every image runs through the net at a padded area of at most that of a
+      sqrt(max_image_pixels)-square image (net_input_size); larger ones are downscaled.
+    decode: an image whose header declares more than DECODE_FACTOR x max_image_pixels pixels is
+      refused before it is decoded (a 600-byte JPEG can declare 13000 x 13000).
+    output: a request whose answer (B x Hmax x Wmax labels, plus the probabilities where the
+      signature returns them) would exceed max_output_bytes is refused before any image is decoded.
+    """
+
+    DECODE_FACTOR = 4  # 4 x 2048^2 = 16.8 MP: 12 MP phone photos are downscaled, not refused
+
+    def __init__(self, max_image_pixels: int, max_output_bytes: int, num_classes: int):
+        if max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+        if max_output_bytes < 1:
+            raise ValueError(f"max_output_bytes must be >= 1, got {max_output_bytes}")
+        self.max_image_pixels = int(max_image_pixels)
+        self.max_decoded_pixels = self.DECODE_FACTOR * self.max_image_pixels
+        self.max_output_bytes = int(max_output_bytes)
+        self.num_classes = int(num_classes)
+
+    def bytes_per_pixel(self, with_probabilities: bool) -> int:
+        """Answer bytes per pixel: int32 labels, plus float32 probabilities for every class."""
+        return 4 + (4 * self.num_classes if with_probabilities else 0)
+
+    def checks(self, sizes: tf.Tensor, with_probabilities: bool, item: str) -> List[tf.Operation]:
+        """Assertions that a request of images of `sizes` (n, 2) int64 is within the budget.
+
+        item: how the messages name an image, e.g. "image_bytes" -> "image_bytes[3] declares ...".
+        """
+        pixels = sizes[:, 0] * sizes[:, 1]
+        too_big = pixels > self.max_decoded_pixels
+        # The first item over the limit; a sentinel row keeps the message's ops valid for n = 0.
+        first = tf.argmax(tf.concat([tf.cast(too_big, tf.int32), [1]], 0), output_type=tf.int32)
+        culprit = tf.concat([sizes, tf.zeros([1, 2], tf.int64)], 0)[first]
+        n = tf.cast(tf.shape(sizes)[0], tf.int64)
+        # Every item's answer is padded to the largest height and width (0 x 0 when there are none).
+        max_h, max_w = tf.unstack(
+            tf.reduce_max(tf.concat([sizes, tf.zeros([1, 2], tf.int64)], 0), 0))
+        answer_bytes = n * max_h * max_w * self.bytes_per_pixel(with_probabilities)
+        text = tf.strings.as_string
+        image_message = tf.strings.join([
+            f"{item}[", text(first), "] is ", text(culprit[0]), " x ", text(culprit[1]), " = ",
+            text(culprit[0] * culprit[1]), " pixels, over the limit of ",
+            f"{self.max_decoded_pixels} pixels per image ({self.DECODE_FACTOR} x "
+            f"max_image_pixels={self.max_image_pixels}): send it downscaled"])
+        advice = ("send fewer or smaller images per request" +
+                  (f", or ask {SIGNATURE_DEFAULT} for labels only" if with_probabilities else ""))
+        per_pixel = self.bytes_per_pixel(with_probabilities)
+        request_message = tf.strings.join([
+            "the answer to this request would take ", text(answer_bytes), " bytes (", text(n),
+            " images padded to ", text(max_h), " x ", text(max_w), f" pixels x {per_pixel} bytes), "
+            f"over the limit of {self.max_output_bytes} bytes per request: {advice}"])
+        return [tf.debugging.Assert(~tf.reduce_any(too_big), [image_message]),
+                tf.debugging.Assert(answer_bytes <= self.max_output_bytes, [request_message])]
 
 
 class _Predictor:
     """The model's forward pass as the signatures run it. Not a Trackable: see the module docstring."""
 
-    def __init__(self, model: "keras.Model", max_image_pixels: int):
+    def __init__(self, model: "keras.Model", budget: Budget):
         from fcn8s_tf import model as model_lib  # pylint: disable=import-outside-toplevel
         self._preprocess = model_lib.preprocess
         self._model = model
-        self._max_pixels = int(max_image_pixels)
+        self._budget = budget
         self.num_classes = model.output_shape[-1]
 
-    def __call__(self, images: tf.Tensor, with_probabilities: bool) -> Dict[str, tf.Tensor]:
-        """uint8 (B, H, W, 3) RGB -> labels int32 (B, H, W) [, probabilities float32 (B, H, W, C)]."""
-        height, width = tf.shape(images)[1], tf.shape(images)[2]
-        size = net_input_size(height, width, self._max_pixels)
+    def __call__(self, image: tf.Tensor, with_probabilities: bool) -> Dict[str, tf.Tensor]:
+        """uint8 (1, H, W, 3) RGB -> labels int32 (1, H, W) [, probabilities float32 (1, H, W, C)].
+
+        One image at a time: the net's memory is bounded per image (Budget), not per batch.
+        """
+        height, width = tf.shape(image)[1], tf.shape(image)[2]
+        size = net_input_size(height, width, self._budget.max_image_pixels)
         resized = tf.reduce_any(tf.not_equal(size, tf.stack([height, width])))
         net_input = tf.cond(resized,
-                            lambda: tf.image.resize(images, size, antialias=True),
-                            lambda: tf.cast(images, tf.float32))
+                            lambda: tf.image.resize(image, size, antialias=True),
+                            lambda: tf.cast(image, tf.float32))
         logits = tf.cast(self._model(self._preprocess(net_input), training=False), tf.float32)
         outputs = {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32)[..., tf.newaxis]}
         if with_probabilities:
@@ -209,16 +334,50 @@ class _Predictor:
         outputs["labels"] = outputs["labels"][..., 0]
         return outputs
 
+    def batch(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """uint8 (B, H, W, 3) -> labels (B, H, W), probabilities (B, H, W, C), within the budget."""
+        shape = tf.shape(images, out_type=tf.int64)
+        n = tf.shape(images)[0]
+        sizes = tf.tile(shape[tf.newaxis, 1:3], [n, 1])
+        with tf.control_dependencies(self._budget.checks(sizes, True, UINT8_INPUT)):
+            images = tf.identity(images)
+
+        def one(image):
+            return {k: v[0] for k, v in self(image[tf.newaxis], True).items()}
+
+        def each():
+            return tf.map_fn(one, images, parallel_iterations=1, fn_output_signature={
+                "labels": tf.TensorSpec([None, None], tf.int32),
+                "probabilities": tf.TensorSpec([None, None, self.num_classes], tf.float32)})
+
+        def none():
+            return {"labels": tf.zeros(tf.stack([0, shape[1], shape[2]]), tf.int32),
+                    "probabilities": tf.zeros(tf.stack([0, shape[1], shape[2],
+                                                        self.num_classes]), tf.float32)}
+
+        return tf.cond(n > 0, each, none)
+
     def per_image(self, image_bytes: tf.Tensor, with_probabilities: bool) -> Dict[str, tf.Tensor]:
-        """Decodes and segments each image alone; returns padded labels (and probabilities)."""
+        """Decodes and segments each image alone; returns padded labels (and probabilities).
+
+        Every item is checked and its header read before any is decoded, so that a request over
+        the budget is refused at next to no cost.
+        """
         n = tf.shape(image_bytes)[0]
+        declared = tf.TensorArray(tf.int64, size=n, element_shape=[2])
+        for i in tf.range(n):
+            with tf.control_dependencies(check_encoded_image(image_bytes[i], i)):
+                declared = declared.write(i, declared_size(image_bytes[i]))
+        declared = tf.reshape(declared.stack(), [-1, 2])
+        with tf.control_dependencies(
+                self._budget.checks(declared, with_probabilities, BYTES_INPUT)):
+            image_bytes = tf.identity(image_bytes)
         flat_labels = tf.TensorArray(tf.int32, size=n, infer_shape=False, element_shape=[None])
         flat_probs = tf.TensorArray(tf.float32, size=n, infer_shape=False, element_shape=[None])
         heights = tf.TensorArray(tf.int32, size=n, element_shape=[])
         widths = tf.TensorArray(tf.int32, size=n, element_shape=[])
         for i in tf.range(n):
-            with tf.control_dependencies(check_encoded_image(image_bytes[i], i)):
-                image = tf.io.decode_image(image_bytes[i], channels=3, expand_animations=False)
+            image = tf.io.decode_image(image_bytes[i], channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
             out = self(image[tf.newaxis], with_probabilities)
             flat_labels = flat_labels.write(i, tf.reshape(out["labels"], [-1]))
@@ -251,14 +410,15 @@ class _Predictor:
 
 
 def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                       classes: Optional[voc.ClassInfo] = None) -> Dict[str, object]:
+                       classes: Optional[voc.ClassInfo] = None,
+                       max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> Dict[str, object]:
     """The signatures of the contract above, traced for `model` (a float32 any-size FCN-8s).
 
     classes: the model's voc.ClassInfo (default: VOC's, or class_<i>, for its class count).
+    max_image_pixels, max_output_bytes: the per-request Budget.
     """
-    if max_image_pixels < 1:
-        raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
-    predictor = _Predictor(model, max_image_pixels)
+    num_classes = model.output_shape[-1]
+    predictor = _Predictor(model, Budget(max_image_pixels, max_output_bytes, num_classes))
     bytes_spec = [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)]
     uint8_spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=UINT8_INPUT)]
     functions = {
@@ -266,7 +426,7 @@ def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX
                             bytes_spec),
         SIGNATURE_PROBABILITIES: (lambda image_bytes: predictor.per_image(image_bytes, True),
                                   bytes_spec),
-        SIGNATURE_UINT8: (lambda images: predictor(images, True), uint8_spec),
+        SIGNATURE_UINT8: (predictor.batch, uint8_spec),
     }
     signatures = {name: tf.function(fn, input_signature=spec).get_concrete_function()
                   for name, (fn, spec) in functions.items()}

@@ -261,15 +261,19 @@ def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
         kernel, bias = model.get_layer(name).get_weights()
         model.get_layer(name).set_weights(
             [gain * rng.normal(0, 1, kernel.shape).astype(np.float32), bias])
-    limit = 30 * 40
+    limit = 40 * 40  # the net budget: the padded area of a 40 x 40 image, 240 x 240
     path = export.export_saved_model(model, str(tmp_path / "export"), max_image_pixels=limit)
     loaded = tf.saved_model.load(path)
-    big = rng.integers(0, 256, (1, 61, 83, 3), dtype=np.uint8)  # 5,063 px > 1,200
-    small = big[:, :30, :40]  # exactly at the limit: untouched
+    big = rng.integers(0, 256, (1, 61, 83, 3), dtype=np.uint8)  # padded 261 x 283 > 240 x 240
+    small = big[:, :40, :40]  # exactly at the limit: untouched
     out = loaded.signatures["serving_uint8"](images=tf.constant(big))
     assert out["labels"].shape == (1, 61, 83) and out["probabilities"].shape == (1, 61, 83, 3)
     size = serving.net_input_size(61, 83, limit).numpy()
-    assert size[0] * size[1] <= limit and list(size) == [29, 40]
+    # The image scaled, aspect kept, until its padded area fits (both sides rounded down).
+    assert (size[0] + 200) * (size[1] + 200) <= 240 * 240 < (size[0] + 201) * (size[1] + 201)
+    assert list(size) == [33, 46]
+    # A strip one pixel high keeps that pixel, and takes all the width the budget leaves.
+    assert list(serving.net_input_size(1, 50000, limit).numpy()) == [1, 240 * 240 // 201 - 200]
     resized = tf.image.resize(big, size, antialias=True)
     logits = model(model_lib.preprocess(resized), training=False)
     labels = tf.argmax(logits, -1, output_type=tf.int32)[..., tf.newaxis]

@@ -71,7 +71,7 @@ bench-deps: $(STAMP)
 # SAMPLE_VOC_ROOT=.../VOCdevkit/VOC2012 measures on real VOC files (default: synthetic images).
 bench: $(STAMP)
 	$(PY) tools/benchmark.py --output=BENCHMARKS.md --json_output=benchmarks.json \
-	    $(if $(SAMPLE_VOC_ROOT),--sample_voc_root=$(SAMPLE_VOC_ROOT))
+	    $(if $(SAMPLE_VOC_ROOT),--sample_voc_root="$(SAMPLE_VOC_ROOT)")
 
 clean:
 	rm -rf $(VENV) data/demo build dist *.egg-info

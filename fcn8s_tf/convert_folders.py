@@ -72,7 +72,8 @@ def read_classes_file(path: PathLike) -> Tuple[Classes, bool]:
         raise ConversionError(f"--classes={path}: the file does not exist (one class a line, in "
                               "id order: `name` or `name r g b`).")
     names, colours, numbers, first_without = [], [], [], None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig: Windows editors start a UTF-8 file with a BOM, which is no part of a class name.
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         tokens = line.split()
         if not tokens or tokens[0].startswith("#"):
             continue

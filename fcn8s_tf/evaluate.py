@@ -1,11 +1,17 @@
 """Evaluation: the one loop that scores a model over a split, and what it reports.
 
     python -m fcn8s_tf.evaluate --model=runs/voc/export --data='data/tfrecords/val-*.tfrecord' \
-        --output_dir=runs/voc/eval [--num_classes=21] [--confusion_png] [--save_predictions=20]
+        --output_dir=runs/voc/eval [--num_classes=21] [--confusion_png] [--save_predictions=20] \
+        [--allow_class_mismatch]
 
 --model is either a SavedModel (a version dir with saved_model.pb, or a TF Serving base dir whose
 highest numeric version is used; its `serving_uint8` signature is called) or a training workdir
 (`model_config.json` + `checkpoints/`: the FCN-8s is rebuilt and its newest checkpoint restored).
+
+The model's classes (the export's `metadata` signature, the workdir's model_config.json) must be
+the records' (the converter's manifest.json beside them): another count is refused, and so are
+other names unless --allow_class_mismatch says that each id means the same class in both. Records
+without a manifest are scored with the model's classes, unchecked, after a warning.
 
 Each image is segmented alone at its original resolution (no resizing, no padding) and one confusion
 matrix is accumulated over the whole split (metrics.py has the definitions). Training calls the same
@@ -21,10 +27,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
+from fcn8s_tf import convert_layout
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import predict as predict_lib
@@ -104,6 +112,62 @@ def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[voc.Class
     raise ValueError(f"{model_path} is neither a SavedModel (saved_model.pb in it, or in "
                      f"a numeric version subdirectory) nor a training workdir ({config_file} "
                      f"and {workdir_lib.CHECKPOINT_DIR}/)")
+
+
+# ------------------------------------------------------------------------------------ classes --
+def _names_are_placeholders(classes: voc.ClassInfo) -> bool:
+    """True for the class_<i> names ClassInfo.default gives a model that does not name its classes
+    (VOC's 21 names, the other default, are real names: such models are VOC's)."""
+    return (classes.num_classes != voc.NUM_CLASSES
+            and classes.names == voc.ClassInfo.default(classes.num_classes).names)
+
+
+def _count_and_names(classes: voc.ClassInfo) -> str:
+    """E.g. "3 classes (background, circle, square)"; the first few names of a long list."""
+    return f"{classes.num_classes} classes ({convert_layout.format_names(classes.names)})"
+
+
+def scoring_classes(model: Optional[voc.ClassInfo], data: Optional[voc.ClassInfo], *,
+                    allow_class_mismatch: bool = False, model_name: str = "the model",
+                    data_name: str = "the records") -> Optional[voc.ClassInfo]:
+    """The classes a model is scored with on some records, after checking that they agree.
+
+    Args:
+      model: the model's classes (None when it does not say).
+      data: the records' classes, from their manifest (records.read_classes; None without one).
+      allow_class_mismatch: accept other names for the same count (class i of the model is
+        taken to be class i of the records).
+      model_name, data_name: how error messages name the two.
+    Returns:
+      The model's classes where the names agree or the records say nothing; the records' where
+      the model does not name its classes (class_<i>), or other names are allowed (they are the
+      ground truth that the rows of the confusion matrix count); None when neither says.
+    Raises:
+      ValueError: the counts differ, or the names do without allow_class_mismatch.
+    """
+    if data is None or model is None:
+        return model or data
+    if model.num_classes != data.num_classes:
+        hint = (" (--allow_class_mismatch only covers other names for as many classes)"
+                if allow_class_mismatch else "")
+        raise ValueError(
+            f"{model_name} predicts {_count_and_names(model)} but {data_name} hold "
+            f"{_count_and_names(data)} by their manifest.json: evaluate a model trained on these "
+            f"classes, or records converted with the model's{hint}")
+    if model.names == data.names:
+        return model
+    if _names_are_placeholders(model):  # a model that does not name its classes
+        return data
+    differ = [f"id {i}: {m!r} vs {d!r}"
+              for i, (m, d) in enumerate(zip(model.names, data.names)) if m != d]
+    shown = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
+    message = (f"{model_name} names its {_count_and_names(model)} otherwise than {data_name} "
+               f"in their manifest.json ({convert_layout.format_names(data.names)}; {shown})")
+    if not allow_class_mismatch:
+        raise ValueError(f"{message}; if each id is the same class in both, pass "
+                         "--allow_class_mismatch to score with the records' names")
+    logging.warning("%s; scoring with the records' names (--allow_class_mismatch)", message)
+    return data
 
 
 # --------------------------------------------------------------------------------- evaluation --
@@ -313,16 +377,30 @@ def main(argv):
     FLAGS = flags.FLAGS
     try:
         records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
-        predict_fn, loaded, classes = load_predict_fn(FLAGS.model)
+        found = records.read_classes(FLAGS.data)  # the converter's manifest beside the records
+        data_classes = None if found is None else voc.ClassInfo.from_json(found)
+        predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
+        if (model_classes is not None and FLAGS.num_classes is not None
+                and FLAGS.num_classes != model_classes.num_classes):
+            raise ValueError(f"--num_classes={FLAGS.num_classes} but {FLAGS.model} predicts "
+                             f"{model_classes.num_classes} classes (leave --num_classes out to "
+                             "use the model's)")
+        if data_classes is None:
+            logging.warning("--data=%s: no manifest.json with classes beside the records, so "
+                            "the model's classes are not checked against theirs", FLAGS.data)
+        classes = scoring_classes(model_classes, data_classes,
+                                  allow_class_mismatch=FLAGS.allow_class_mismatch,
+                                  model_name=f"--model={FLAGS.model}",
+                                  data_name=f"the records of --data={FLAGS.data}")
+        if (classes is not None and FLAGS.num_classes is not None
+                and FLAGS.num_classes != classes.num_classes):
+            raise ValueError(f"--num_classes={FLAGS.num_classes} but the manifest of "
+                             f"--data={FLAGS.data} lists {classes.num_classes} classes (leave "
+                             "--num_classes out to use them)")
     except (FileNotFoundError, ValueError, records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
-    model_classes = None if classes is None else classes.num_classes
-    num_classes = FLAGS.num_classes or model_classes or voc.NUM_CLASSES
-    classes = classes or voc.ClassInfo.default(num_classes)
-    if model_classes is not None and num_classes != model_classes:
-        raise SystemExit(f"fcn8s_tf.evaluate: error: --num_classes={FLAGS.num_classes} but "
-                         f"{FLAGS.model} predicts {model_classes} classes (leave --num_classes "
-                         "out to use the model's)")
+    classes = classes or voc.ClassInfo.default(FLAGS.num_classes or voc.NUM_CLASSES)
+    num_classes = classes.num_classes
     dataset = input_pipeline.eval_dataset(FLAGS.data, num_classes=num_classes)
     print(f"Evaluating {loaded} on {FLAGS.data}", flush=True)
 
@@ -344,9 +422,12 @@ def main(argv):
     print(format_table(result, class_names))
     print(f"{summary_line(result)} | {result['num_images']} images")
     json_path = os.path.join(FLAGS.output_dir, "metrics.json")
+    extra = {}
+    if model_classes is not None and model_classes.names != class_names:  # the records' names
+        extra["model_class_names"] = list(model_classes.names)
     workdir_lib.write_json(json_path, metrics_payload(
         result, class_names, model=FLAGS.model, model_loaded=loaded, data=FLAGS.data,
-        confusion_matrix=cm))
+        confusion_matrix=cm, **extra))
     print(f"Wrote {json_path}")
     if FLAGS.confusion_png:
         png_path = os.path.join(FLAGS.output_dir, "confusion_matrix.png")
@@ -365,8 +446,13 @@ def define_flags() -> None:
                         required=True)
     flags.DEFINE_string("output_dir", None, "Where metrics.json (and the PNGs) go.", required=True)
     flags.DEFINE_integer("num_classes", None, "Classes including background; default: the "
-                         "model's. Any other value is an error.", lower_bound=1)
+                         "model's (the records' where it does not say). Any other value is an "
+                         "error.", lower_bound=1)
     flags.DEFINE_bool("confusion_png", False, "Also write confusion_matrix.png (row-normalised).")
+    flags.DEFINE_bool("allow_class_mismatch", False, "Score a model whose class names differ "
+                      "from those in the records' manifest.json, for as many classes: class id i "
+                      "is taken to be the same class in both, and the records' names are "
+                      "reported. Another class count is always refused.")
     flags.DEFINE_integer("save_predictions", 0, "Write coloured predictions of the first N "
                          "images to <output_dir>/predictions/<id>.png.", lower_bound=0)
 

@@ -12,6 +12,9 @@ and TF Serving answers `{"predictions": [{"labels": ..., "height": ..., "width":
 For each image, writes `<stem>_mask.png` (palette PNG, mode "P": pixel values are class ids, the
 model's class colours colour them) and `<stem>_overlay.png` (50% image, 50% mask colour, with a
 legend of the classes present below), and prints the classes found with their pixel fractions.
+Every input keeps its own outputs: inputs whose stems are equal (ignoring case, as some file
+systems do) are refused before anything is read or written, naming them and the output name; a
+file given twice is segmented once.
 Class names and colours come from the export's `metadata` signature (VOC's for older exports).
 One image per request: the export guarantees an image's labels do not depend on its batch-mates,
 and a failure then names one file.
@@ -245,12 +248,46 @@ def class_fractions(labels: np.ndarray,
     return sorted(found, key=lambda item: -item[1])
 
 
-def _unique_stem(path: str, used: Dict[str, int]) -> str:
-    """The file's stem, with _1, _2 ... appended when two inputs share one."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    count = used.get(stem, 0)
-    used[stem] = count + 1
-    return stem if count == 0 else f"{stem}_{count}"
+MASK_SUFFIX = "_mask.png"
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def output_stems(paths: Sequence[str], output_dir: str) -> Dict[str, str]:
+    """{input path: its output stem (the file name without extension)}, one per distinct file.
+
+    `<stem>_mask.png` and `<stem>_overlay.png` can never be one another, so distinct stems
+    mean distinct outputs. Stems are compared ignoring case (macOS and Windows file systems do).
+    A path repeated, or another path to the same file, is kept once: its outputs would be equal.
+
+    Raises:
+      PredictError: two files share a stem, or an output would overwrite an input.
+    """
+    stems: Dict[str, str] = {}
+    by_key: Dict[str, List[str]] = {}
+    inputs: Dict[str, str] = {}  # real path -> the path as given
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in inputs:
+            continue
+        inputs[real] = path
+        stems[path] = os.path.splitext(os.path.basename(path))[0]
+        by_key.setdefault(stems[path].casefold(), []).append(path)
+    problems = [f"{', '.join(group[:-1])} and {group[-1]} would "
+                f"{'both' if len(group) == 2 else 'all'} write {stems[group[0]]}{MASK_SUFFIX} "
+                f"and {stems[group[0]]}{OVERLAY_SUFFIX}"
+                for group in by_key.values() if len(group) > 1]
+    if problems:
+        raise PredictError(f"{'; '.join(problems)} in --output_dir={output_dir}: give the inputs "
+                           "distinct file names, or predict them in separate runs with separate "
+                           "--output_dir")
+    for path, stem in stems.items():
+        for suffix in (MASK_SUFFIX, OVERLAY_SUFFIX):
+            output = os.path.join(output_dir, stem + suffix)
+            if os.path.realpath(output) in inputs:
+                raise PredictError(f"{path}: its output {output} would overwrite the input "
+                                   f"{inputs[os.path.realpath(output)]}; choose another "
+                                   "--output_dir")
+    return stems
 
 
 def legend(rgb: np.ndarray, labels: np.ndarray, classes: ClassInfo) -> np.ndarray:
@@ -279,21 +316,25 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
                   classes: Optional[ClassInfo] = None, print_fn=print) -> List[Dict]:
     """Segments each image and writes its mask and overlay PNGs.
 
-    Every file is decoded first, so a bad one stops the run before any request is sent.
+    Every file is decoded first, so a bad one stops the run before any request is sent; before
+    that, inputs that would write the same outputs stop it (output_stems).
 
     Args:
       model: a LocalModel or RestModel (anything with predict(bytes) -> (labels, height, width)).
-      paths: image files (JPEG, PNG, or anything PIL reads).
+      paths: image files (JPEG, PNG, or anything PIL reads); distinct stems (a file given twice
+        is segmented once).
       output_dir: created if missing.
       classes: names and colours; default the model's own (`model.classes`), else VOC's.
       print_fn: where the per-image lines go.
     Returns:
-      One dict per image: path, mask, overlay (written paths), labels ((H, W) int32), classes
-      ([(name, fraction)]).
+      One dict per distinct image: path, mask, overlay (written paths), labels ((H, W) int32),
+      classes ([(name, fraction)]).
     Raises:
-      PredictError: a file that is not an image, a server that does not answer, a bad answer.
+      PredictError: two inputs with one stem, a file that is not an image, a server that does
+        not answer, a bad answer.
     """
-    images = [read_image(path) for path in paths]
+    stems = output_stems(paths, output_dir)  # before any file is read or written
+    images = [read_image(path) for path in stems]
     classes = classes or getattr(model, "classes", None) or ClassInfo.default()
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -301,7 +342,6 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
         raise PredictError(f"--output_dir={output_dir} is a file, not a folder") from None
     except OSError as e:
         raise PredictError(f"--output_dir={output_dir}: cannot create it ({e.strerror})") from None
-    used: Dict[str, int] = {}
     results = []
     for image in images:
         height, width = image.rgb.shape[:2]
@@ -313,9 +353,8 @@ def predict_files(model, paths: Sequence[str], output_dir: str,
             raise PredictError(f"{image.path}: the model says the image is {out_w}x{out_h}, "
                                f"PIL says {width}x{height}")
         labels = _crop(padded, height, width, f"{image.path} via {model.name}")
-        stem = _unique_stem(image.path, used)
-        mask_path = os.path.join(output_dir, f"{stem}_mask.png")
-        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        mask_path = os.path.join(output_dir, stems[image.path] + MASK_SUFFIX)
+        overlay_path = os.path.join(output_dir, stems[image.path] + OVERLAY_SUFFIX)
         write_mask_png(labels, mask_path, classes.palette)
         blended = overlay(image.rgb, labels, palette=classes.palette)
         Image.fromarray(legend(blended, labels, classes)).save(overlay_path, format="PNG")
@@ -353,10 +392,10 @@ def main(argv):
             model = LocalModel(FLAGS.model)
         else:
             model = RestModel(FLAGS.server, timeout=FLAGS.timeout)
-        predict_files(model, paths, FLAGS.output_dir)
+        results = predict_files(model, paths, FLAGS.output_dir)
     except PredictError as e:
         raise SystemExit(f"fcn8s_tf.predict: error: {e}") from None
-    print(f"Masks and overlays of {len(paths)} image(s) in {FLAGS.output_dir}")
+    print(f"Masks and overlays of {len(results)} image(s) in {FLAGS.output_dir}")
 
 
 def define_flags() -> None:
@@ -365,7 +404,8 @@ def define_flags() -> None:
                         "(<base>/<version>/; the highest version is used).")
     flags.DEFINE_string("server", None, "TF Serving REST endpoint of the model, e.g. "
                         "http://localhost:8501/v1/models/fcn8s (':predict' is appended).")
-    flags.DEFINE_string("output_dir", None, "Where <stem>_mask.png and <stem>_overlay.png go.",
+    flags.DEFINE_string("output_dir", None, "Where <stem>_mask.png and <stem>_overlay.png go; "
+                        "two inputs with one stem (d1/x.jpg, d2/x.png) are refused.",
                         required=True)
     flags.DEFINE_string("images", None, "Glob of images, in addition to positional paths.")
     flags.DEFINE_float("timeout", 60.0, "Seconds to wait for the server per image.")

@@ -10,6 +10,7 @@ run, on the synthetic images a fresh clone gets.
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -422,3 +423,20 @@ def test_quick_run_measures_every_section(tmp_path):
     assert "tools/benchmark.py --quick" in report  # the command that made it
     assert "| sample images | 8 JPEGs" in report and "synthetic" in report
     _check_side_by_side(results, report)
+
+
+def test_make_bench_passes_a_sample_voc_root_with_spaces_whole(tmp_path):
+    # `make bench SAMPLE_VOC_ROOT=...` as a user types it, with a stand-in for the venv's python
+    # that records its arguments (the real benchmark takes minutes).
+    root = tmp_path / "VOC devkit" / "VOC2012"
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGS_OUT"\n')
+    fake_python.chmod(0o755)
+    stamp = tmp_path / "installed"
+    stamp.write_text("")
+    args_out = tmp_path / "args.txt"
+    proc = subprocess.run(["make", "-s", "bench", f"PY={fake_python}", f"STAMP={stamp}",
+                           f"SAMPLE_VOC_ROOT={root}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "ARGS_OUT": str(args_out)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"--sample_voc_root={root}" in args_out.read_text().splitlines()

@@ -505,6 +505,23 @@ def test_tool_on_the_demo_generators_folders(tmp_path):
     assert all(n > 0 for n in manifest["splits"]["train"]["class_pixels"])
 
 
+@pytest.mark.parametrize("header", ["", "# name r g b\n"])
+def test_tool_ignores_a_utf8_bom_in_the_classes_file(tmp_path, header):
+    # Notepad and other Windows editors save UTF-8 with a BOM; it is no part of the first name
+    # (nor of a first comment line, which would otherwise read as a class without colour).
+    _make(tmp_path / "data")
+    classes = tmp_path / "data" / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbf" + (header + "".join(
+        f"{name} {' '.join(map(str, colour))}\n" for name, colour in CLASSES)).encode())
+    result = _run("tools/make_tfrecords.py", "--format=folders",
+                  f"--images={tmp_path / 'data' / 'images'}",
+                  f"--masks={tmp_path / 'data' / 'masks'}", f"--classes={classes}",
+                  "--ignore_color=255,255,255", f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["classes"]["names"] == [name for name, _ in CLASSES]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--format=folders", "--voc_root=x", "--images=i", "--masks=m", "--classes=c"],
      "--voc_root: only with --format=voc (this is --format=folders)"),

@@ -20,9 +20,12 @@ from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
+from fcn8s_tf import serving
 from fcn8s_tf import workdir as workdir_lib
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
-from test_metrics import LABELS, PREDICTIONS  # the hand-worked example (pytest puts tests/ on the path)
+from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
+# pytest puts tests/ on the path: the hand-worked metric example, the folders dataset maker.
+from test_metrics import LABELS, PREDICTIONS
+import test_convert_folders as folders_data
 
 REPO = Path(__file__).resolve().parents[1]
 # 2011_001855 has no background pixel at all; the others are ordinary train/val images.
@@ -317,6 +320,110 @@ def test_cli_num_classes_must_match_the_model(sample, tmp_path, asked):
     assert proc.returncode == 1
     assert f"--num_classes={asked} but" in proc.stderr and "predicts 21 classes" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------- the records' classes --
+@pytest.fixture(scope="module")
+def three_class_records(tmp_path_factory):
+    """A 3-class val split (background, cat, dog; 8 images of 12x16) made by the folders
+    converter, its manifest.json beside it; returns the val pattern."""
+    root = tmp_path_factory.mktemp("own_data")
+    folders_data._make(root / "raw")
+    folders_data._convert(root / "raw", root / "records", splits={"val": 1.0},
+                          num_shards={"val": 2}, ignore_color=folders_data.VOID)
+    return str(root / "records" / "val-*.tfrecord")
+
+
+class _RedIsClassOne(tf.Module):
+    """A 3-class model's serving_uint8: class 1 where red > 128, else 0."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serving_uint8(self, images):
+        labels = tf.where(tf.cast(images[..., 0], tf.int32) > 128, 1, 0)
+        return {"labels": labels, "probabilities": tf.one_hot(labels, 3)}
+
+
+def _export_with_classes(module, path, names):
+    """An export of module.serving_uint8 with a metadata signature naming `names`, as export.py
+    writes it; without one (an export older than it) for names=None."""
+    signatures = {"serving_uint8": module.serving_uint8}
+    if names is not None:
+        grey = tuple((k, k, k) for k in range(len(names)))
+        signatures["metadata"] = serving.metadata_signature(ClassInfo(tuple(names), grey))
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def _run_evaluate(model, data, out, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "fcn8s_tf.evaluate", f"--model={model}", f"--data={data}",
+         f"--output_dir={out}", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+RECORD_NAMES = [name for name, _ in folders_data.CLASSES]  # background, cat, dog
+
+
+@pytest.mark.parametrize("model, extra, expected", [
+    # The issue's case: the VOC demo export on 3-class records; and an export older than the
+    # metadata signature (its 21 channels say VOC).
+    ("voc", [], "predicts 21 classes (background, aeroplane, bicycle, bird, boat, ...) but the "
+                "records of --data={data} hold 3 classes (background, cat, dog) by their "
+                "manifest.json: evaluate a model trained on these classes, or records converted "
+                "with the model's"),
+    ("voc_without_metadata", [], "predicts 21 classes (background, aeroplane,"),
+    ("voc", ["--allow_class_mismatch"], "(--allow_class_mismatch only covers other names"),
+    ("renamed", [], "names its 3 classes (background, cat, bird) otherwise than the records of "
+                    "--data={data} in their manifest.json (background, cat, dog; id 2: 'bird' vs "
+                    "'dog'); if each id is the same class in both, pass --allow_class_mismatch"),
+])
+def test_cli_refuses_a_model_whose_classes_are_not_the_records(three_class_records, tmp_path,
+                                                               model, extra, expected):
+    path = tmp_path / "export" / "1"
+    if model == "renamed":
+        _export_with_classes(_RedIsClassOne(), path, ["background", "cat", "bird"])
+    else:
+        _export_with_classes(_RedIsPerson(128), path, VOC_CLASSES if model == "voc" else None)
+    proc = _run_evaluate(tmp_path / "export", three_class_records, tmp_path / "out", *extra)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    error = [line for line in proc.stderr.splitlines() if "fcn8s_tf.evaluate: error:" in line]
+    assert len(error) == 1 and expected.format(data=three_class_records) in error[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("model_names, extra", [
+    (RECORD_NAMES, []),                                   # the same classes
+    (None, []),                                           # unnamed (no metadata): the count agrees
+    (["background", "cat", "bird"], ["--allow_class_mismatch"]),  # renamed, and the user says so
+])
+def test_cli_scores_with_the_records_classes(three_class_records, tmp_path, model_names, extra):
+    _export_with_classes(_RedIsClassOne(), tmp_path / "export" / "1", model_names)
+    proc = _run_evaluate(tmp_path / "export", three_class_records, tmp_path / "out", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(data["per_class"]) == RECORD_NAMES and data["num_images"] == 8
+    if extra:
+        assert "otherwise than the records" in proc.stderr and "'bird' vs 'dog'" in proc.stderr
+        assert data["model_class_names"] == model_names
+    elif model_names is None:  # the export does not name its classes: the records' are used
+        assert data["model_class_names"] == ["class_0", "class_1", "class_2"]
+    else:
+        assert "model_class_names" not in data
+    assert "no manifest.json" not in proc.stderr
+
+
+def test_cli_records_without_a_manifest_are_scored_with_a_warning(three_class_records,
+                                                                   tmp_path):
+    copy = tmp_path / "records"
+    copy.mkdir()
+    for path in Path(three_class_records).parent.glob("val-*.tfrecord"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    _export_with_classes(_RedIsClassOne(), tmp_path / "export" / "1", RECORD_NAMES)
+    proc = _run_evaluate(tmp_path / "export", copy / "val-*.tfrecord", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f"--data={copy / 'val-*.tfrecord'}: no manifest.json with classes beside the "
+            "records, so the model's classes are not checked against theirs") in proc.stderr
+    data = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert list(data["per_class"]) == RECORD_NAMES  # the model's names, unchecked
 
 
 # ---------------------------------------------------------------------------------- reporting --

@@ -125,15 +125,25 @@ def test_overlay_leaves_void_pixels_alone():
     np.testing.assert_array_equal(out[0, 1], np.round(50 + VOC_PALETTE[PERSON] / 2))
 
 
-def test_same_stem_twice_gets_distinct_outputs(export_base, images, tmp_path):
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    (copy / "left.jpg").write_bytes(images[0].read_bytes())
-    predict.predict_files(predict.LocalModel(str(export_base)),
-                          [str(images[0]), str(copy / "left.jpg")], str(tmp_path / "out"),
-                          print_fn=lambda _: None)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "left_1_mask.png", "left_1_overlay.png", "left_mask.png", "left_overlay.png"]
+@pytest.mark.parametrize("names, expected", [
+    (["a/x.jpg", "b/x.png"], "a/x.jpg and b/x.png would both write x_mask.png and x_overlay.png"),
+    (["a/X.jpg", "b/x.jpg", "c/x.bmp"],  # one name on a case-insensitive file system
+     "a/X.jpg, b/x.jpg and c/x.bmp would all write X_mask.png and X_overlay.png"),
+    (["out/a.png", "out/a_mask.png"], "out/a.png: its output out/a_mask.png would overwrite the "
+                                      "input out/a_mask.png"),
+])
+def test_inputs_that_would_share_an_output_are_refused(tmp_path, monkeypatch, names, expected):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(predict.PredictError) as error:
+        predict.output_stems(names, "out")
+    assert expected in str(error.value)
+
+
+def test_a_file_given_twice_is_segmented_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    assert predict.output_stems(["d/x.jpg", "x_1.jpg", "./d/x.jpg", "d/../d/x.jpg"],
+                                "out") == {"d/x.jpg": "x", "x_1.jpg": "x_1"}
 
 
 # ------------------------------------------------------------------------------------ REST --
@@ -304,6 +314,35 @@ def test_cli_local_model(export_base, images, tmp_path):
     assert "person" in proc.stdout and "Masks and overlays of 2 image(s)" in proc.stdout
     for path in images:
         _check_outputs(tmp_path, path, _expected_labels(path))
+
+
+def test_cli_refuses_two_inputs_with_one_output_name(export_base, images, tmp_path):
+    # The case: d1/x.jpg, d2/x.jpg and x_1.jpg used to write two results to x_1_mask.png.
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "d1" / "x.jpg").write_bytes(images[0].read_bytes())
+    (tmp_path / "d2" / "x.jpg").write_bytes(images[0].read_bytes())
+    (tmp_path / "x_1.jpg").write_bytes(images[0].read_bytes())
+    inputs = [str(tmp_path / "d1" / "x.jpg"), str(tmp_path / "d2" / "x.jpg"),
+              str(tmp_path / "x_1.jpg")]
+    proc = _run_cli(f"--model={export_base}", f"--output_dir={tmp_path / 'out'}", *inputs)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"fcn8s_tf.predict: error: {inputs[0]} and {inputs[1]} would both write x_mask.png "
+            f"and x_overlay.png in --output_dir={tmp_path / 'out'}: give the inputs distinct "
+            "file names") in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+    # Without the clash, x.jpg and x_1.jpg each keep their own outputs (no _1 suffix scheme).
+    (tmp_path / "d2" / "x_1.png").write_bytes(images[1].read_bytes())
+    inputs = [str(tmp_path / "d1" / "x.jpg"), str(tmp_path / "d2" / "x_1.png")]
+    proc = _run_cli(f"--model={export_base}", f"--output_dir={tmp_path / 'out'}", *inputs,
+                    inputs[0])  # a file given twice is segmented once
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Masks and overlays of 2 image(s)" in proc.stdout
+    for path in inputs:
+        _check_outputs(tmp_path / "out", Path(path), _expected_labels(Path(path)))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "x_1_mask.png", "x_1_overlay.png", "x_mask.png", "x_overlay.png"]
 
 
 @pytest.mark.parametrize("case", ["not_an_image", "no_server", "not_a_saved_model"])

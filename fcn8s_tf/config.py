@@ -135,6 +135,24 @@ def resolve_precision(precision: str) -> Tuple[str, str]:
     return choose_precision(_gpu_compute_capabilities(), _cpu_flags())
 
 
+EXPORT_PRECISIONS = ("auto", "float32", "bfloat16")  # auto: resolve_export_precision()
+
+
+def resolve_export_precision(precision: str) -> Tuple[str, str]:
+    """--precision of an export as the dtype the served net computes in, and why.
+
+    auto follows the training decision (choose_precision) on this machine: bfloat16 where bf16 is
+    native (Ampere+ GPUs, AMX/AVX512_BF16 CPUs), float32 elsewhere. Served as float16 on a 7.x GPU
+    it would be faster still, but it is not offered: nothing here measures or tests it.
+    """
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}; got {precision!r}")
+    if precision != "auto":
+        return precision, "asked for with --precision"
+    policy, why = choose_precision(_gpu_compute_capabilities(), _cpu_flags())
+    return ("bfloat16" if policy == "mixed_bfloat16" else "float32"), why
+
+
 # -------------------------------------------------------------------------------------- classes --
 def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, voc.ClassInfo]:
     """The run's classes: from the manifest beside --train_data (the converter writes names and

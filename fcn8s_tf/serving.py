@@ -19,7 +19,7 @@ Signatures:
   metadata(unused: int32 scalar, any value) ->
       class_names string (C,), palette uint8 (C, 3) RGB, ignore_label int32 (): the classes the
       model was trained on, also in assets/class_names.txt, so a client names them without the
-      project.
+      project; precision string (): the dtype the net computes in, float32 or bfloat16.
 Images of a string batch run through the net one at a time at their own size: FCN-8s sees ~400 px of
 context, so padding an image to its batch-mates' size would change its answer. A batch of zero images
 gives outputs with a zero batch dimension.
@@ -411,11 +411,13 @@ class _Predictor:
 
 def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                        classes: Optional[voc.ClassInfo] = None,
-                       max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> Dict[str, object]:
+                       max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+                       precision: str = "float32") -> Dict[str, object]:
     """The signatures of the contract above, traced for `model` (a float32 any-size FCN-8s).
 
     classes: the model's voc.ClassInfo (default: VOC's, or class_<i>, for its class count).
     max_image_pixels, max_output_bytes: the per-request Budget.
+    precision: the dtype `model` computes in, reported by the `metadata` signature.
     """
     num_classes = model.output_shape[-1]
     predictor = _Predictor(model, Budget(max_image_pixels, max_output_bytes, num_classes))
@@ -431,13 +433,14 @@ def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX
     signatures = {name: tf.function(fn, input_signature=spec).get_concrete_function()
                   for name, (fn, spec) in functions.items()}
     signatures[SIGNATURE_METADATA] = metadata_signature(
-        classes or voc.ClassInfo.default(predictor.num_classes))
+        classes or voc.ClassInfo.default(predictor.num_classes), precision)
     return signatures
 
 
-def metadata_signature(classes: voc.ClassInfo):
-    """The `metadata` signature: the classes as constants of the graph."""
+def metadata_signature(classes: voc.ClassInfo, precision: str = "float32"):
+    """The `metadata` signature: the classes and the compute dtype as constants of the graph."""
     names = tf.constant(list(classes.names), tf.string)
+    dtype = tf.constant(precision, tf.string)
     colours = tf.constant(np.asarray(classes.colours, np.uint8).reshape(-1, 3))
     ignore = tf.constant(classes.ignore_label, tf.int32)
 
@@ -445,7 +448,7 @@ def metadata_signature(classes: voc.ClassInfo):
     def metadata(unused):
         del unused
         return {"class_names": tf.identity(names), "palette": tf.identity(colours),
-                "ignore_label": tf.identity(ignore)}
+                "ignore_label": tf.identity(ignore), "precision": tf.identity(dtype)}
 
     return metadata.get_concrete_function()
 

@@ -486,8 +486,10 @@ def _loop(config: TrainConfig, state: _State, total_steps: int, iterator, train_
             # Keras evaluates a schedule at optimizer.iterations here (== done).
             lr = float(tf.convert_to_tensor(state.optimizer.learning_rate))
             eta = (total_steps - done) * elapsed / window_steps
-            logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", done, total_steps,
-                         window_loss / window_steps, lr, images_per_s, _hms(eta))
+            # Three significant digits: a CPU step takes seconds, so "0.2 img/s" hid 20 % changes.
+            logging.info("step %d/%d  loss %.4f  lr %.2e  %.3g s/step  %.3g img/s  eta %s", done,
+                         total_steps, window_loss / window_steps, lr, elapsed / window_steps,
+                         images_per_s, _hms(eta))
             with train_writer.as_default(step=done):
                 tf.summary.scalar("loss", window_loss / window_steps)
                 tf.summary.scalar("learning_rate", lr)

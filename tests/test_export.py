@@ -18,6 +18,7 @@ from PIL import Image
 from fcn8s_tf import export
 from fcn8s_tf import serving
 from fcn8s_tf import model as model_lib
+import model_utils  # noqa: E402 (tests/ is on the path)
 
 
 def _image_bytes(rng, size, fmt):
@@ -31,15 +32,7 @@ def _image_bytes(rng, size, fmt):
 def exported(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = model_lib.build_fcn8s(num_classes=3, fc_units=16)
-    # Score layers start at zero (as the reference), which would make every answer class 0 and the
-    # comparison vacuous: give them random kernels, scaled up to undo the 0.01 / 0.0001 skip
-    # scales, so the fine pool3 path varies the answer from pixel to pixel.
-    rng = np.random.default_rng(0)
-    for name, gain in (("score_fr", 1.0), ("score_pool4", 1e2), ("score_pool3", 1e4)):
-        layer = model.get_layer(name)
-        kernel, bias = layer.get_weights()
-        layer.set_weights([gain * rng.normal(0, 1.0, kernel.shape).astype(np.float32),
-                           np.zeros_like(bias)])
+    model_utils.randomise_scores(model)  # else every answer is class 0 and comparisons vacuous
     base = tmp_path_factory.mktemp("export")
     path = export.export_saved_model(model, str(base))
     return model, base, path
@@ -126,11 +119,7 @@ def test_fixed_size_model_gets_an_any_size_twin():
     keras.utils.set_random_seed(0)
     fixed = model_lib.build_fcn8s(num_classes=3, fc_units=16, input_shape=(32, 32, 3))
     # Score layers start at zero: randomise them, or a twin that copied no weight would agree too.
-    rng = np.random.default_rng(0)
-    for name, gain in (("score_fr", 1.0), ("score_pool4", 1e2), ("score_pool3", 1e4)):
-        kernel, bias = fixed.get_layer(name).get_weights()
-        fixed.get_layer(name).set_weights(
-            [gain * rng.normal(0, 1, kernel.shape).astype(np.float32), bias])
+    model_utils.randomise_scores(fixed)
     twin = export.serving_twin(fixed, dict(num_classes=3, fc_units=16))
     assert twin.input_shape == (None, None, None, 3)
     image = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
@@ -151,6 +140,56 @@ def test_mixed_precision_model_exports_float32(tmp_path):
     assert twin.get_layer("fc6").compute_dtype == "float32"
     for a, b in zip(mixed.get_weights(), twin.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # two exports of the full conv blocks over 30 VOC images (~1 min)
+def test_bfloat16_export_answers_as_float32_on_voc_images(voc_sample_dir, tmp_path):
+    """The bf16 export (what --precision=auto picks where bf16 is native) keeps the answers."""
+    keras.utils.set_random_seed(0)
+    kwargs = dict(num_classes=21, fc_units=16)
+    model = model_lib.build_fcn8s(**kwargs)
+    model_utils.randomise_scores(model)
+    answers = {}
+    for precision in ("float32", "bfloat16"):
+        path = export.export_saved_model(model, str(tmp_path / precision), model_kwargs=kwargs,
+                                         precision=precision)
+        loaded = tf.saved_model.load(path)
+        meta = loaded.signatures["metadata"](unused=tf.constant(0))
+        assert meta["precision"].numpy().decode() == precision
+        serve = loaded.signatures["serving_default"]
+        answers[precision] = [
+            serve(image_bytes=tf.constant([jpeg.read_bytes()]))["labels"].numpy()
+            for jpeg in sorted((voc_sample_dir / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))]
+    same = sum(int((a == b).sum()) for a, b in zip(answers["float32"], answers["bfloat16"]))
+    total = sum(a.size for a in answers["float32"])
+    assert len(answers["float32"]) == 30
+    assert len(np.unique(np.concatenate([a.ravel() for a in answers["float32"]]))) > 3
+    assert same / total >= 0.995, same / total
+    # Variables are stored in bfloat16: the export is about half the float32 one's size.
+    sizes = {p: sum(f.stat().st_size for f in (tmp_path / p).rglob("variables.data-*"))
+             for p in answers}
+    assert sizes["bfloat16"] < 0.6 * sizes["float32"], sizes
+
+
+def test_export_cli_precision_in_the_log_and_the_metadata(trained_workdir, tmp_path):
+    from pathlib import Path
+    from fcn8s_tf import config as config_lib
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        config_lib.resolve_export_precision("float16")
+    # auto follows the training decision on this machine: bf16 where bf16 is native.
+    policy, why = config_lib.resolve_precision("auto")
+    auto = "bfloat16" if policy == "mixed_bfloat16" else "float32"
+    for flag, expected in (("auto", auto), ("bfloat16", "bfloat16")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fcn8s_tf.export", f"--workdir={trained_workdir}",
+             f"--export_dir={tmp_path / flag}", f"--precision={flag}"],
+            capture_output=True, text=True, cwd=repo, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"Export precision {expected} (precision={flag}: " in proc.stderr
+        loaded = tf.saved_model.load(proc.stdout.strip().splitlines()[-1])
+        meta = loaded.signatures["metadata"](unused=tf.constant(0))
+        assert meta["precision"].numpy().decode() == expected
 
 
 def test_cli_errors_are_one_line(tmp_path):

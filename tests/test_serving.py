@@ -25,6 +25,7 @@ from PIL import Image
 
 from fcn8s_tf import serving
 from fcn8s_tf import train as train_lib
+import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
 from test_train import tiny_config  # pytest puts tests/ on sys.path (rootdir conftest)
 
@@ -255,12 +256,8 @@ def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     from fcn8s_tf import model as model_lib
     keras.utils.set_random_seed(0)
     model = model_lib.build_fcn8s(num_classes=3, fc_units=16)  # at fc 8 this seed answers one class
-    # Random score kernels, scaled to undo the skip scales, so that answers vary per pixel.
+    model_utils.randomise_scores(model)  # so that answers vary per pixel
     rng = np.random.default_rng(0)
-    for name, gain in (("score_fr", 1.0), ("score_pool4", 1e2), ("score_pool3", 1e4)):
-        kernel, bias = model.get_layer(name).get_weights()
-        model.get_layer(name).set_weights(
-            [gain * rng.normal(0, 1, kernel.shape).astype(np.float32), bias])
     limit = 40 * 40  # the net budget: the padded area of a 40 x 40 image, 240 x 240
     path = export.export_saved_model(model, str(tmp_path / "export"), max_image_pixels=limit)
     loaded = tf.saved_model.load(path)

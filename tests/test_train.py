@@ -7,7 +7,9 @@ each step take seconds.
 
 import io
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,10 +66,15 @@ def tiny_config(tmp_path: Path, **overrides) -> train_lib.TrainConfig:
 
 
 @pytest.mark.slow
-def test_two_steps_export_then_resume(tmp_path):
+def test_two_steps_export_then_resume(tmp_path, caplog):
     config = tiny_config(tmp_path)
+    caplog.set_level(logging.INFO, logger="absl")
     result = train_lib.train(config, flags_text="--seed=0\n")
     assert result["step"] == 2
+    # The progress line carries s/step and img/s with three significant digits, to compare runs.
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/2")]
+    assert progress and re.search(r" \d+(\.\d+)?(e-?\d+)? s/step  \S+ img/s  eta ", progress[0]), \
+        progress
     assert np.isfinite(result["loss"])
     workdir = Path(config.workdir)
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-2")

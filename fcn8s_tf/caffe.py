@@ -25,6 +25,12 @@ Two file formats are read; nothing in either is ever executed:
                without them needs the scales from the user (`skip_scales`).
                To write one from pytorch-fcn:
                  np.savez("fcn8s.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+Both readers first declare what a file holds (layer names and types, blob shapes) and hand that to
+a `check` before any array is read. The import's, check_fcn8s, lets through only FCN-8s's layers at
+FCN-8s's shapes, so memory is bounded by the real net's size, not by what a file claims: an .npz
+member may inflate a thousandfold (an .npz declaring more than 4x its size is refused outright),
+and a caffemodel may carry layers FCN-8s has not. Values a caffemodel stores unpacked (5 bytes a
+float) are copied one by one into one array, never held as an object apiece.
 
 Mapping (Caffe -> keras, layer names as in model.build_fcn8s):
   Convolution    blob (out, in, kh, kw) -> kernel (kh, kw, in, out); conv1_1..conv5_3 become
@@ -42,15 +48,15 @@ Stages below: protobuf wire format, caffemodel, npz, FCN-8s mapping, model and w
 """
 
 import dataclasses
+import functools
 import hashlib
-import json
 import math
 import mmap
 import os
 import shutil
 import tempfile
 import zipfile
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -130,21 +136,6 @@ def _int32(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _numbers(buf, wire: int, value, dtype: str, single_wire: int) -> np.ndarray:
-    """One occurrence of a repeated float/double field: packed (a span) or a single element.
-
-    The array is copied out of the buffer (the mmap may close), sized by bytes that exist.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    if wire not in (_LENGTH, single_wire):
-        raise _WireError(f"a {dtype} array field has wire type {wire}")
-    begin, stop = value
-    if (stop - begin) % itemsize:
-        raise _WireError(f"a packed {dtype} array of {stop - begin} bytes at byte {begin} is not "
-                         f"a multiple of {itemsize}")
-    return np.frombuffer(buf, dtype=dtype, count=(stop - begin) // itemsize, offset=begin).copy()
-
-
 # ----------------------------------------------------------------------------- caffemodel --
 # caffe.proto field numbers (BVLC/caffe master, src/caffe/proto/caffe.proto).
 _NET_NAME, _NET_LAYERS_V1, _NET_LAYER = 1, 2, 100
@@ -152,6 +143,9 @@ _NET_NAME, _NET_LAYERS_V1, _NET_LAYER = 1, 2, 100
 _LAYER_FIELDS = (1, 2, 7, 106)
 _V1_LAYER_FIELDS = (4, 5, 6, 10)
 _V1_V0_LAYER = 1  # V1LayerParameter.layer: the even older V0 format nested inside.
+# Far above any real net (ResNet-152's deploy net has ~900): each layer costs ~300 bytes to hold,
+# so millions of empty 5-byte layers would cost more than FCN-8s's weights.
+_MAX_LAYERS = 100_000
 _CONV_GROUP = 5  # ConvolutionParameter.group
 # BlobProto: legacy num/channels/height/width, data (float), shape (BlobShape), double_data.
 _BLOB_LEGACY = (1, 2, 3, 4)
@@ -170,6 +164,41 @@ _V1_TYPES = {
 }
 
 
+# BlobProto's value fields: their dtype, and the wire type of one value written unpacked.
+_VALUE_FIELDS = {_BLOB_DATA: ("<f4", _FIXED32), _BLOB_DOUBLE_DATA: ("<f8", _FIXED64)}
+
+
+def _value_count(wire: int, value, field: int) -> int:
+    """How many values one occurrence of data/double_data holds: packed (a span) or a single one."""
+    dtype, single_wire = _VALUE_FIELDS[field]
+    if wire == single_wire:
+        return 1
+    if wire != _LENGTH:
+        raise _WireError(f"a {dtype} array field has wire type {wire}")
+    begin, stop = value
+    itemsize = np.dtype(dtype).itemsize
+    if (stop - begin) % itemsize:
+        raise _WireError(f"a packed {dtype} array of {stop - begin} bytes at byte {begin} is not "
+                         f"a multiple of {itemsize}")
+    return (stop - begin) // itemsize
+
+
+@dataclasses.dataclass(frozen=True)
+class DeclaredBlob:
+    """A blob as its file declares it, before any of its values is read.
+
+    read_weights hands a net of these to its `check`, so that names and shapes are judged before
+    memory is spent: what a file declares is not what it costs (an .npz member may inflate a
+    thousandfold, and a caffemodel layer FCN-8s does not have is never needed).
+
+    Attributes:
+      shape: the declared shape (Caffe's layout).
+      read: returns the values, float32, in that shape.
+    """
+    shape: Tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+
 @dataclasses.dataclass
 class Layer:
     """One layer of a weights file.
@@ -177,12 +206,13 @@ class Layer:
     Attributes:
       name: the layer name ("conv1_1").
       type: Caffe's type name ("Convolution"); "" where the file does not say (npz).
-      blobs: its parameter arrays, float32, in the shape the file declares (Caffe layouts).
+      blobs: its parameter arrays, float32, in the shape the file declares (Caffe layouts); while
+        read_weights's `check` runs, DeclaredBlobs (shapes only) in their place.
       group: convolution_param.group (1 unless the file says otherwise).
     """
     name: str
     type: str
-    blobs: List[np.ndarray]
+    blobs: list
     group: int = 1
 
 
@@ -211,12 +241,12 @@ def _read_shape(buf, span) -> List[int]:
     return dims
 
 
-def _read_blob(buf, span) -> np.ndarray:
-    """A BlobProto -> float32 array of its declared shape (legacy 4-D form when present)."""
+def _declare_blob(buf, span) -> DeclaredBlob:
+    """A BlobProto's shape, checked against the number of values it holds; nothing is copied."""
     legacy: Dict[int, int] = {}
     dims: Optional[List[int]] = None
-    floats: List[np.ndarray] = []
-    doubles: List[np.ndarray] = []
+    counts = {field: 0 for field in _VALUE_FIELDS}
+    present = set()
     for number, wire, value, at in _fields(buf, *span):
         if number in _BLOB_LEGACY:
             _expect(wire, _VARINT, f"BlobProto field {number}", at)
@@ -224,10 +254,9 @@ def _read_blob(buf, span) -> np.ndarray:
         elif number == _BLOB_SHAPE:
             _expect(wire, _LENGTH, "BlobProto.shape", at)
             dims = _read_shape(buf, value)
-        elif number == _BLOB_DATA:
-            floats.append(_numbers(buf, wire, value, "<f4", _FIXED32))
-        elif number == _BLOB_DOUBLE_DATA:
-            doubles.append(_numbers(buf, wire, value, "<f8", _FIXED64))
+        elif number in _VALUE_FIELDS:
+            counts[number] += _value_count(wire, value, number)
+            present.add(number)
     # As Caffe's Blob::FromProto: the legacy fields win when any is set; double_data over data.
     if legacy:
         shape = tuple(legacy.get(n, 0) for n in _BLOB_LEGACY)
@@ -235,11 +264,34 @@ def _read_blob(buf, span) -> np.ndarray:
         shape = tuple(dims or ())
     if any(d < 0 for d in shape):
         raise _WireError(f"a blob declares a negative shape {shape}")
-    values = np.concatenate(doubles or floats) if (doubles or floats) else np.zeros(0, np.float32)
+    field = _BLOB_DOUBLE_DATA if _BLOB_DOUBLE_DATA in present else _BLOB_DATA
     count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
-    if values.size != count:
-        raise _WireError(f"a blob declares shape {shape} ({count} values) but holds {values.size}")
-    return values.astype(np.float32, copy=False).reshape(shape)
+    if counts[field] != count:
+        raise _WireError(f"a blob declares shape {shape} ({count} values) but holds "
+                         f"{counts[field]}")
+    return DeclaredBlob(shape, functools.partial(_read_values, buf, span, field, shape))
+
+
+def _read_values(buf, span, field: int, shape: Tuple[int, ...]) -> np.ndarray:
+    """A declared blob's values as float32, copied out of the buffer (the mmap closes).
+
+    The array is allocated once at the declared size and filled piece by piece: values written
+    unpacked (one field each, 5 bytes a float; legal, though Caffe packs) are never held as a
+    numpy array apiece, which cost ~200 bytes a value (3 M of them in 15 MB took 636 MB).
+    """
+    dtype, _ = _VALUE_FIELDS[field]
+    itemsize = np.dtype(dtype).itemsize
+    values = np.empty(math.prod(shape), np.float32)
+    filled = 0
+    for number, _, value, _ in _fields(buf, *span):
+        if number != field:
+            continue
+        begin, stop = value
+        count = (stop - begin) // itemsize
+        if count:
+            values[filled:filled + count] = np.frombuffer(buf, dtype, count, begin)
+            filled += count
+    return values.reshape(shape)
 
 
 def _read_layer(buf, span, v1: bool) -> Layer:
@@ -271,17 +323,20 @@ def _read_layer(buf, span, v1: bool) -> Layer:
     blobs = []
     for i, blob_span in enumerate(blob_spans):
         try:
-            blobs.append(_read_blob(buf, blob_span))
+            blobs.append(_declare_blob(buf, blob_span))
         except _WireError as e:
             raise _WireError(f"layer {name!r} blob {i}: {e}") from None
     return Layer(name=name, type=type_name, blobs=blobs, group=group)
 
 
-def read_caffemodel(path: str) -> WeightsFile:
+def read_caffemodel(path: str, check: Optional[Callable[[WeightsFile], None]] = None
+                    ) -> WeightsFile:
     """Parses a binary .caffemodel (a Caffe NetParameter) without Caffe.
 
     Args:
       path: the .caffemodel file.
+      check: called with the net as declared (DeclaredBlobs, shapes only) before any value is
+        copied; it raises to stop there (check_fcn8s).
     Returns:
       A WeightsFile with every layer in file order (layers without weights included, blobs []).
     Raises:
@@ -300,6 +355,9 @@ def read_caffemodel(path: str) -> WeightsFile:
                 elif number in (_NET_LAYER, _NET_LAYERS_V1):
                     where = f"the layer at byte {at}"
                     _expect(wire, _LENGTH, f"NetParameter field {number}", at)
+                    if len(layers) + len(v1_layers) == _MAX_LAYERS:
+                        raise _WireError(f"more than {_MAX_LAYERS} layers, far more than any "
+                                         "real net has")
                     if number == _NET_LAYER:
                         layers.append(_read_layer(buf, value, v1=False))
                     else:
@@ -309,15 +367,25 @@ def read_caffemodel(path: str) -> WeightsFile:
             hint = _text_hint(buf)
             raise WeightsError(f"{not_caffe}: in {where}: {e} (file size {size} bytes){hint}") \
                 from None
-    if not layers and not v1_layers:
-        raise WeightsError(f"{not_caffe}: it holds no NetParameter.layer (field 100) or "
-                           f".layers (field 2)")
-    if layers and v1_layers:
-        raise WeightsError(f"{path} mixes both layer formats (NetParameter.layer and the V1 "
-                           ".layers), which Caffe itself refuses")
-    fmt = ("caffemodel, NetParameter.layer (Caffe since 2015)" if layers
-           else "caffemodel, NetParameter.layers (V1, deprecated)")
-    return WeightsFile(path=path, format=fmt, layers=layers or v1_layers, net_name=net_name)
+        if not layers and not v1_layers:
+            raise WeightsError(f"{not_caffe}: it holds no NetParameter.layer (field 100) or "
+                               f".layers (field 2)")
+        if layers and v1_layers:
+            raise WeightsError(f"{path} mixes both layer formats (NetParameter.layer and the V1 "
+                               ".layers), which Caffe itself refuses")
+        fmt = ("caffemodel, NetParameter.layer (Caffe since 2015)" if layers
+               else "caffemodel, NetParameter.layers (V1, deprecated)")
+        net = WeightsFile(path=path, format=fmt, layers=layers or v1_layers, net_name=net_name)
+        _read_checked(net, check)
+    return net
+
+
+def _read_checked(net: WeightsFile, check: Optional[Callable[[WeightsFile], None]]) -> None:
+    """Runs `check` on the declared net, then reads each DeclaredBlob's values in its place."""
+    if check is not None:
+        check(net)
+    for layer in net.layers:
+        layer.blobs = [blob.read() for blob in layer.blobs]
 
 
 def _text_hint(buf) -> str:
@@ -340,11 +408,21 @@ NPZ_KEY_STYLES = {"Chainer": ("/W", "/b"), "PyTorch": (".weight", ".bias")}
 _NPY_VERSIONS = ((1, 0), (2, 0))
 # Deflate cannot expand data by more than ~1032x: a larger declared size is a lie (zip bomb).
 _MAX_DEFLATE_RATIO = 1032
+# Trained float32 weights are noise to deflate (it saves 7% on them, 40% on a net half zeros), so
+# an archive that declares more than 4x its size holds mostly constants, not trained weights: a
+# 2 MB file of zeros that declares 2 GiB is refused before a byte of it is inflated.
+_MAX_NPZ_EXPANSION = 4
 
 
-def _check_npz_members(path: str) -> None:
-    """Checks every member's declared sizes against the archive before np.load allocates them."""
+def _npz_shapes(path: str) -> Dict[str, Tuple[int, ...]]:
+    """Every member's array shape (key -> shape) from its .npy header, only the headers inflated.
+
+    Raises:
+      WeightsError: a member that is not a float .npy, or whose declared sizes the archive
+        cannot hold or that add up to more than _MAX_NPZ_EXPANSION times the archive.
+    """
     file_size = os.path.getsize(path)
+    shapes, total = {}, 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             where = f"{path}: member {info.filename!r}"
@@ -374,28 +452,47 @@ def _check_npz_members(path: str) -> None:
                 if declared != info.file_size - f.tell():
                     raise WeightsError(f"{where} declares shape {shape} ({declared} bytes) but "
                                        f"holds {info.file_size - f.tell()} bytes")
+            shapes[info.filename[:-len(".npy")]] = tuple(shape)
+            total += declared
+    if total > _MAX_NPZ_EXPANSION * file_size:
+        raise WeightsError(f"{path} declares {total} bytes of arrays in {file_size} bytes "
+                           f"({total / file_size:.0f}x): trained weights do not compress beyond "
+                           f"{_MAX_NPZ_EXPANSION}x, so this is mostly constants, not an FCN-8s")
+    return shapes
 
 
-def read_npz(path: str) -> WeightsFile:
+def read_npz(path: str, check: Optional[Callable[[WeightsFile], None]] = None) -> WeightsFile:
     """Reads an .npz of FCN-8s weights keyed as in the module docstring (Chainer or PyTorch).
 
+    Args:
+      path: the .npz file.
+      check: called with the net as declared by the .npy headers (DeclaredBlobs) before any
+        array is inflated; it raises to stop there (check_fcn8s). Arrays are then read one at a
+        time and cast to float32.
     Raises:
       WeightsError: not a readable .npz of float arrays, keys in neither convention or mixed.
     """
     try:
-        _check_npz_members(path)
+        shapes = _npz_shapes(path)
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            net = _npz_layers(path, shapes, archive)
+            _read_checked(net, check)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise WeightsError(f"{path} is not a readable .npz (truncated?): {e}") from None
+    return net
+
+
+def _npz_layers(path: str, shapes: Dict[str, Tuple[int, ...]], archive) -> WeightsFile:
+    """The layers the keys name (DeclaredBlobs reading from the open `archive`)."""
     styles, unknown, layers = set(), [], {}
-    for key in sorted(arrays):
+    for key in sorted(shapes):
         for style, suffixes in NPZ_KEY_STYLES.items():
             matched = [i for i, s in enumerate(suffixes) if key.endswith(s) and len(key) > len(s)]
             if matched:
                 styles.add(style)
                 name = key[:-len(suffixes[matched[0]])]
-                layers.setdefault(name, {})[matched[0]] = arrays[key].astype(np.float32)
+                layers.setdefault(name, {})[matched[0]] = DeclaredBlob(
+                    shapes[key], functools.partial(_read_member, archive, key))
                 break
         else:
             unknown.append(key)
@@ -403,9 +500,9 @@ def read_npz(path: str) -> WeightsFile:
         expected = " or ".join(f"<layer>{w}, <layer>{b}" for w, b in NPZ_KEY_STYLES.values())
         problem = (f"keys {unknown[:8]} fit neither convention" if unknown
                    else "it mixes both key conventions" if styles else "it is empty")
-        more = " ..." if len(arrays) > 12 else ""
+        more = " ..." if len(shapes) > 12 else ""
         raise WeightsError(f"{path}: {problem}; expected keys {expected} "
-                           f"(keys found: {sorted(arrays)[:12]}{more})")
+                           f"(keys found: {sorted(shapes)[:12]}{more})")
     style = styles.pop()
     result = []
     for name, parts in layers.items():
@@ -416,26 +513,53 @@ def read_npz(path: str) -> WeightsFile:
     return WeightsFile(path=path, format=f"npz, {style} keys", layers=result)
 
 
-def read_weights(path: str) -> WeightsFile:
+def _read_member(archive, key: str) -> np.ndarray:
+    """One array of an open np.load archive, as float32."""
+    return archive[key].astype(np.float32, copy=False)
+
+
+def check_readable(path: str) -> None:
+    """Raises, in one line naming `path`, unless it is a file this process can read.
+
+    Raises:
+      FileNotFoundError: no such file. WeightsError: a folder, or not readable (permissions).
+    """
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a folder; expected a .caffemodel or .npz file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise WeightsError(f"{path} cannot be read: {e.strerror}") from None
+
+
+def read_weights(path: str, check: Optional[Callable[[WeightsFile], None]] = None
+                 ) -> WeightsFile:
     """Reads a .caffemodel or an .npz, told apart by content (a zip archive is an .npz).
 
+    Args:
+      path: the file.
+      check: called with the net as the file declares it (layer names, types, DeclaredBlob
+        shapes) before any array is read or allocated; it raises to refuse the file. Pass
+        check_fcn8s to read only what an FCN-8s holds.
     Raises:
       FileNotFoundError: no such file.
       WeightsError: anything else wrong with it (see read_caffemodel, read_npz).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+    check_readable(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic in (b"PK\x03\x04", b"PK\x05\x06"):
-        return read_npz(path)
+        return read_npz(path, check)
     if magic.startswith(b"\x93NUM"):
         raise WeightsError(f"{path} is a single .npy array; expected a .caffemodel or an .npz "
                            "with one array per layer")
     if magic.startswith(b"\x89HDF"):
         raise WeightsError(f"{path} is an HDF5 file; expected a .caffemodel or an .npz (VGG16 "
                            "Keras .h5 weights go to fcn8s_tf.train --backbone_weights)")
-    return read_caffemodel(path)
+    return read_caffemodel(path, check)
 
 
 # ------------------------------------------------------------------------ FCN-8s mapping --
@@ -456,6 +580,17 @@ SCALE_LAYERS = {"scale_pool4": "score_pool4", "scale_pool3": "score_pool3"}
 _EXPECTED_TYPE = {**{n: "Convolution" for n in CONV_LAYERS},
                   **{n: "Deconvolution" for n in DECONV_LAYERS},
                   **{n: "Scale" for n in SCALE_LAYERS}}
+# VGG16's 3x3 convolutions, (input, output) channels, as in the published prototxts. With the
+# file's own class count and fc width they give every blob's shape, so a file's declared shapes
+# are judged before its values are read; build_model checks the kernels again against the model.
+VGG16_CONVS = {
+    "conv1_1": (3, 64), "conv1_2": (64, 64), "conv2_1": (64, 128), "conv2_2": (128, 128),
+    "conv3_1": (128, 256), "conv3_2": (256, 256), "conv3_3": (256, 256),
+    "conv4_1": (256, 512), "conv4_2": (512, 512), "conv4_3": (512, 512),
+    "conv5_1": (512, 512), "conv5_2": (512, 512), "conv5_3": (512, 512),
+}
+# Deconvolution kernel sizes: twice the stride (x2, x2, x8), bilinear in the published nets.
+DECONV_KERNELS = {"upscore2": 4, "upscore_pool4": 4, "upscore8": 16}
 
 
 @dataclasses.dataclass
@@ -495,11 +630,20 @@ def _describe_layer(layer: Layer) -> str:
     return f"{layer.name} ({kind}{shapes})" if layer.blobs else f"{layer.name} ({layer.type})"
 
 
-def _bias(blob: np.ndarray, size: int, where: str) -> np.ndarray:
-    """A bias blob as (size,): (N,) or the legacy (1, 1, 1, N)."""
-    if blob.size != size or sum(d != 1 for d in blob.shape) > 1:
-        raise WeightsError(f"{where} bias has shape {tuple(blob.shape)}, expected ({size},)")
-    return blob.reshape(size)
+def fcn8s_blob_shapes(num_classes: int, fc_units: int) -> Dict[str, Tuple[int, ...]]:
+    """Caffe layer -> the shape of its weight blob in an FCN-8s (deconvolutions ungrouped)."""
+    c, f = num_classes, fc_units
+    shapes = {name: (c_out, c_in, 3, 3) for name, (c_in, c_out) in VGG16_CONVS.items()}
+    shapes.update(fc6=(f, VGG16_CONVS["conv5_3"][1], 7, 7), fc7=(f, f, 1, 1),
+                  score_fr=(c, f, 1, 1), score_pool4=(c, VGG16_CONVS["conv4_3"][1], 1, 1),
+                  score_pool3=(c, VGG16_CONVS["conv3_3"][1], 1, 1))
+    shapes.update({name: (c, c, k, k) for name, k in DECONV_KERNELS.items()})
+    return shapes
+
+
+def _is_vector(shape: Sequence[int], size: int) -> bool:
+    """(size,), or size values in one non-1 dimension: a legacy bias is (1, 1, 1, N)."""
+    return math.prod(shape) == size and sum(d != 1 for d in shape) <= 1
 
 
 def _ungroup(blob: np.ndarray, group: int, where: str) -> np.ndarray:
@@ -530,25 +674,28 @@ def keras_kernel(blob: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blob.transpose(2, 3, 1, 0), dtype=np.float32)
 
 
-def fcn8s_from(net: WeightsFile,
-               skip_scales: Optional[Sequence[float]] = None) -> ImportedFCN8s:
-    """Checks that a weights file is an FCN-8s and converts its weights to keras layouts.
+def check_fcn8s(net: WeightsFile) -> None:
+    """read_weights's `check` for an FCN-8s: its layer names, types and every blob's shape.
 
-    Args:
-      net: from read_weights.
-      skip_scales: (pool4, pool3), only for an .npz without scale_pool4/scale_pool3 entries (the
-        ports that wrote those apply the scales in code); a .caffemodel's come from its file.
-    Returns:
-      The ImportedFCN8s. Kernel shapes of the VGG16 layers are checked by build_model, against
-      the model itself.
+    Run on the declared net, it lets nothing but FCN-8s's blobs be read, each at the size that
+    net gives it, so memory is bounded by the net's real size, not by what a file claims. The
+    class count and fc width come from the file (score_fr, fc6) and size the rest; their own
+    values are bounded by the bytes (a caffemodel's values must be in the file, an .npz may not
+    expand beyond _MAX_NPZ_EXPANSION).
+
     Raises:
-      WeightsError: not an FCN-8s (the message names missing, unexpected and misshapen layers,
-        and lists the layers found), or skip_scales given where the file has them / missing.
+      WeightsError: as fcn8s_from, for the names and shapes.
     """
+    _check_shapes(net, _fcn8s_layers(net))
+
+
+def _fcn8s_layers(net: WeightsFile) -> Dict[str, Layer]:
+    """FCN-8s's layers by name, after checking the file has them all and no others with weights."""
     is_npz = net.format.startswith("npz")
-    weighted = [layer for layer in net.layers if layer.blobs]
     by_name: Dict[str, Layer] = {}
-    for layer in weighted:
+    for layer in net.layers:
+        if not layer.blobs:
+            continue
         if layer.name in by_name:
             raise WeightsError(f"{net.path}: two layers with weights are named {layer.name!r}")
         by_name[layer.name] = layer
@@ -569,49 +716,89 @@ def fcn8s_from(net: WeightsFile,
         found = "; ".join(_describe_layer(layer) for layer in net.layers) or "none"
         raise WeightsError(f"{net.path} is not an FCN-8s: {'; '.join(problems)}. "
                            f"Layers found ({len(net.layers)}): {found}")
+    return by_name
 
+
+def _check_shapes(net: WeightsFile, by_name: Dict[str, Layer]) -> None:
+    """Raises WeightsError naming every blob whose count or shape does not fit FCN-8s.
+
+    Reads `.shape` only, so it judges DeclaredBlobs (check_fcn8s) as it judges arrays.
+    """
+    # The class count and fc width, read from the output channels of score_fr and fc6.
+    widths = [(tuple(by_name[name].blobs[0].shape) or (0,))[0] for name in ("score_fr", "fc6")]
+    if min(widths) < 1:
+        raise WeightsError(f"{net.path}: misshapen FCN-8s layers: score_fr and fc6 weights "
+                           f"have shapes {by_name['score_fr'].blobs[0].shape} and "
+                           f"{by_name['fc6'].blobs[0].shape}, expected (out, in, kh, kw)")
+    shapes = fcn8s_blob_shapes(*widths)
     errors: List[str] = []
-
-    def blob_count(name: str, allowed: Sequence[int]) -> bool:
-        count = len(by_name[name].blobs)
-        if count not in allowed:
-            errors.append(f"{name} has {count} blobs, expected {' or '.join(map(str, allowed))}")
-            return False
-        return True
-
-    def four_d(name: str) -> Optional[np.ndarray]:
-        blob = by_name[name].blobs[0]
-        if blob.ndim != 4:
-            errors.append(f"{name} weights have shape {tuple(blob.shape)}, expected 4-D "
-                          f"({'C_in, C_out' if name in DECONV_LAYERS else 'out, in'}, kh, kw)")
-            return None
-        return blob
-
-    caffe_weights: Dict[str, List[np.ndarray]] = {}
-    for name in CONV_LAYERS:
-        if blob_count(name, (2,)) and four_d(name) is not None:
-            kernel = by_name[name].blobs[0]
-            try:
-                caffe_weights[name] = [kernel, _bias(by_name[name].blobs[1], kernel.shape[0], name)]
-            except WeightsError as e:
-                errors.append(str(e))
-    for name in DECONV_LAYERS:
-        if blob_count(name, (1, 2)) and four_d(name) is not None:
-            layer = by_name[name]
-            if len(layer.blobs) == 2 and np.any(layer.blobs[1]):
-                # A deconvolution bias would add a border-dependent constant after the later
-                # upsamplings: not foldable into another layer, and FCN-8s has none.
-                errors.append(f"{name} has a non-zero bias; FCN-8s's deconvolutions have none")
-            try:
-                caffe_weights[name] = [_ungroup(layer.blobs[0], layer.group, name)]
-            except WeightsError as e:
-                errors.append(str(e))
+    for name, expected in shapes.items():
+        layer = by_name[name]
+        deconv = name in DECONV_LAYERS
+        allowed = (1, 2) if deconv else (2,)  # a deconvolution's bias is optional (and zero)
+        if len(layer.blobs) not in allowed:
+            errors.append(f"{name} has {len(layer.blobs)} blobs, expected "
+                          f"{' or '.join(map(str, allowed))}")
+            continue
+        outputs = expected[1] if deconv else expected[0]
+        if deconv:  # (C_in, C_out / group, kh, kw)
+            if layer.group < 1 or expected[0] % layer.group:
+                errors.append(f"{name} has group={layer.group}, which does not divide its "
+                              f"{expected[0]} inputs")
+                continue
+            expected = (expected[0], expected[1] // layer.group) + expected[2:]
+        if tuple(layer.blobs[0].shape) != expected:
+            errors.append(f"{name} has shape {tuple(layer.blobs[0].shape)}, expected {expected}")
+        if len(layer.blobs) == 2 and not _is_vector(layer.blobs[1].shape, outputs):
+            errors.append(f"{name} bias has shape {tuple(layer.blobs[1].shape)}, expected "
+                          f"({outputs},)")
+    for scale_name, score_name in SCALE_LAYERS.items():
+        if scale_name not in by_name:
+            continue
+        blobs = by_name[scale_name].blobs
+        c_in = shapes[score_name][1]
+        if len(blobs) not in (1, 2) or any(math.prod(b.shape) not in (1, c_in) for b in blobs):
+            errors.append(f"{scale_name} blobs {[tuple(b.shape) for b in blobs]}, expected "
+                          f"({c_in},) (the channels of {score_name}'s input) or a scalar, and an "
+                          "optional bias of the same size")
     if errors:
         raise WeightsError(f"{net.path}: misshapen FCN-8s layers: {'; '.join(errors)}")
 
+
+def fcn8s_from(net: WeightsFile,
+               skip_scales: Optional[Sequence[float]] = None) -> ImportedFCN8s:
+    """Checks that a weights file is an FCN-8s and converts its weights to keras layouts.
+
+    Args:
+      net: from read_weights.
+      skip_scales: (pool4, pool3), only for an .npz without scale_pool4/scale_pool3 entries (the
+        ports that wrote those apply the scales in code); a .caffemodel's come from its file.
+    Returns:
+      The ImportedFCN8s. Every blob's shape has been checked against FCN-8s's (check_fcn8s);
+      build_model checks the kernels again, against the model itself.
+    Raises:
+      WeightsError: not an FCN-8s (the message names missing, unexpected and misshapen layers,
+        and lists the layers found), or skip_scales given where the file has them / missing.
+    """
+    by_name = _fcn8s_layers(net)
+    _check_shapes(net, by_name)
+    caffe_weights: Dict[str, List[np.ndarray]] = {}
+    for name in CONV_LAYERS:
+        kernel, bias = by_name[name].blobs
+        caffe_weights[name] = [kernel, bias.reshape(kernel.shape[0])]
+    for name in DECONV_LAYERS:
+        layer = by_name[name]
+        if len(layer.blobs) == 2 and np.any(layer.blobs[1]):
+            # A deconvolution bias would add a border-dependent constant after the later
+            # upsamplings: not foldable into another layer, and FCN-8s has none.
+            raise WeightsError(f"{net.path}: misshapen FCN-8s layers: {name} has a non-zero "
+                               "bias; FCN-8s's deconvolutions have none")
+        caffe_weights[name] = [_ungroup(layer.blobs[0], layer.group, name)]
+
     fc_units = caffe_weights["fc6"][0].shape[0]
     num_classes = caffe_weights["score_fr"][0].shape[0]
-    scales, notes = _skip_scales(net, by_name, caffe_weights, skip_scales, is_npz)
+    scales, notes = _skip_scales(net, by_name, caffe_weights, skip_scales,
+                                 net.format.startswith("npz"))
 
     weights, caffe_names = {}, {}
     for name, blobs in caffe_weights.items():
@@ -652,12 +839,7 @@ def _skip_scales(net: WeightsFile, by_name: Dict[str, Layer],
             continue
         layer = by_name[scale_name]
         kernel, bias = caffe_weights[score_name]
-        c_in = kernel.shape[1]
-        if len(layer.blobs) not in (1, 2) or any(b.size not in (1, c_in) for b in layer.blobs):
-            raise WeightsError(f"{net.path}: misshapen FCN-8s layers: {scale_name} blobs "
-                               f"{[tuple(b.shape) for b in layer.blobs]}, expected ({c_in},) "
-                               f"(the channels of {score_name}'s input) or a scalar, and an "
-                               "optional bias of the same size")
+        c_in = kernel.shape[1]  # the blobs' sizes are checked (_check_shapes)
         scale = np.broadcast_to(layer.blobs[0].reshape(-1), (c_in,)).astype(np.float64)
         folded = []
         if len(layer.blobs) == 2 and np.any(layer.blobs[1]):
@@ -730,6 +912,13 @@ def file_sha1(path: str) -> str:
     return digest.hexdigest()
 
 
+# An import in progress: <parent>/.import_weights.tmp-p<pid>-<workdir name>-XXXXXXXX holds the
+# workdir being written (new/) and, during the swap, the one it replaces (old/). The pid lets a
+# later import remove what a killed one left (workdir.remove_stale_temp_dirs) and leave alone the
+# folder of one still running.
+IMPORT_TMP_PREFIX = ".import_weights.tmp-"
+
+
 def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = None,
                    overwrite: bool = False, skip_scales: Optional[Sequence[float]] = None,
                    log=print) -> Tuple[ImportedFCN8s, str]:
@@ -738,80 +927,143 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
     The workdir gets what fcn8s_tf.train writes and fcn8s_tf.workdir.load_model reads:
     model_config.json (build_fcn8s arguments), checkpoints/ckpt-0 (tf.train.Checkpoint(model=)),
     and export/1 (the TF Serving SavedModel of export.export_saved_model), plus imported_from.json
-    (the file, its SHA-1 and what was read). It is written into a temporary sibling and renamed
-    into place, so a failure leaves no half-written workdir (and, with overwrite, the old one).
+    (the file, its SHA-1 and what was read). It is written into a temporary folder beside it and
+    renamed into place, so an error, Ctrl-C or SIGTERM (which tools/import_weights.py turns into an
+    exception) leaves no half-written workdir, no temporary folder, and with overwrite the old
+    workdir as it was; a later import removes what a SIGKILL left. Its mode is 0777 less the umask,
+    as os.makedirs gives a trained one, so other users can serve the export where they could
+    serve a trained one.
 
     Args:
       weights_path: a .caffemodel or .npz (see the module docstring).
       workdir: the directory to create; must not exist or be empty unless overwrite.
       sha1: if given, the file's SHA-1 must equal it (checked before parsing).
-      overwrite: replace an existing non-empty workdir.
+      overwrite: replace an existing run directory (one with model_config.json and checkpoints/);
+        any other non-empty folder is refused.
       skip_scales: (pool4, pool3) for an .npz without scale entries (see fcn8s_from).
       log: where the summary lines go.
     Returns:
       (the ImportedFCN8s, the export version directory).
     Raises:
-      FileNotFoundError: no weights file. FileExistsError: a non-empty workdir without overwrite.
-      WeightsError: a bad file, a SHA-1 mismatch, not an FCN-8s.
+      FileNotFoundError: no weights file. FileExistsError: a non-empty workdir without overwrite,
+        one that is not a run directory, or a run a live trainer holds. PermissionError: the
+        workdir cannot be created there.
+      WeightsError: an unreadable or bad file, a SHA-1 mismatch, not an FCN-8s.
     """
     workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise FileExistsError(f"--workdir={workdir} exists and is not a directory")
-    if os.path.isdir(workdir) and os.listdir(workdir) and not overwrite:
-        raise FileExistsError(f"--workdir={workdir} exists and is not empty; choose another or "
-                              "pass --overwrite to replace it")
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(f"weights file not found: {weights_path}")
+    _check_workdir(workdir, overwrite)
+    check_readable(weights_path)
     digest = file_sha1(weights_path)
     if sha1 is not None and digest != sha1.strip().lower():
         raise WeightsError(f"{weights_path} has SHA-1 {digest}, not the expected {sha1} "
                            "(an incomplete or different download?)")
-    imported = fcn8s_from(read_weights(weights_path), skip_scales)
+    imported = fcn8s_from(read_weights(weights_path, check=check_fcn8s), skip_scales)
     log(describe(imported))
     model = build_model(imported)
 
     import tensorflow as tf
     from fcn8s_tf import export as export_lib
     from fcn8s_tf import workdir as workdir_lib
+    from fcn8s_tf.convert_publish import signals_deferred
 
-    parent = os.path.dirname(workdir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(workdir)}.tmp-", dir=parent)
+    staging = _make_staging(workdir, log)
     try:
-        workdir_lib.write_model_config(tmp, imported.model_kwargs())
+        new = os.path.join(staging, "new")
+        os.mkdir(new)  # 0777 less the umask, as os.makedirs (mkdtemp's own folder is 0700)
+        workdir_lib.write_model_config(new, imported.model_kwargs())
         manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=model), workdir_lib.path(tmp, workdir_lib.CHECKPOINT_DIR),
+            tf.train.Checkpoint(model=model), workdir_lib.path(new, workdir_lib.CHECKPOINT_DIR),
             max_to_keep=1)
         manager.save(checkpoint_number=0)
         export_dir = export_lib.export_saved_model(
-            model, workdir_lib.path(tmp, workdir_lib.EXPORT_DIR))
-        workdir_lib.write_json(os.path.join(tmp, IMPORTED_FROM_FILE), {
+            model, workdir_lib.path(new, workdir_lib.EXPORT_DIR))
+        workdir_lib.write_json(os.path.join(new, IMPORTED_FROM_FILE), {
             "weights": os.path.abspath(weights_path), "sha1": digest, "format": imported.format,
             "num_classes": imported.num_classes, "fc_units": imported.fc_units,
             "skip_scales": list(imported.skip_scales), "scale_notes": imported.scale_notes,
             "layers": imported.layer_names})
-        _replace_dir(tmp, workdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    export_dir = os.path.join(workdir, os.path.relpath(export_dir, tmp))
+        with signals_deferred():  # a signal between the two renames would strand both runs
+            _replace_dir(new, workdir, aside=os.path.join(staging, "old"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    export_dir = os.path.join(workdir, os.path.relpath(export_dir, new))
     log(f"Wrote {workdir}: model_config.json, checkpoints/, "
         f"{os.path.relpath(export_dir, workdir)}/ (SavedModel), imported_from.json")
     return imported, export_dir
 
 
-def _replace_dir(new: str, target: str) -> None:
-    """Renames new to target; an existing target is moved aside first and deleted last."""
-    old = None
+def _check_workdir(workdir: str, overwrite: bool) -> None:
+    """Refuses, before any work, a workdir this import may not write; a refused one is untouched.
+
+    overwrite replaces only a run directory, told by what every run holds (the names
+    fcn8s_tf/workdir.py owns): the replaced folder is deleted whole, and `--workdir=.` once
+    deleted a source tree that way. A run a live trainer holds (workdir.RunLock) is refused too.
+    """
+    from fcn8s_tf import workdir as workdir_lib  # imports TensorFlow
+
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise FileExistsError(f"--workdir={workdir} exists and is not a directory")
+    try:
+        entries = os.listdir(workdir) if os.path.isdir(workdir) else []
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir} cannot be listed: {e.strerror}") from None
+    if entries and not overwrite:
+        raise FileExistsError(f"--workdir={workdir} exists and is not empty; choose another or "
+                              "pass --overwrite to replace it")
+    if entries:
+        config, checkpoints = workdir_lib.CONFIG_FILE, workdir_lib.CHECKPOINT_DIR
+        if not (os.path.isfile(workdir_lib.path(workdir, config))
+                and os.path.isdir(workdir_lib.path(workdir, checkpoints))):
+            raise FileExistsError(f"--workdir={workdir} is not a run directory (it has no "
+                                  f"{config} and {checkpoints}/), and --overwrite replaces only "
+                                  "a run directory; choose a new or empty --workdir")
+        try:
+            with workdir_lib.RunLock(workdir):
+                pass
+        except workdir_lib.WorkdirInUseError as e:
+            raise FileExistsError(str(e)) from None
+    ancestor = os.path.dirname(workdir)  # the nearest that exists must take the new folders
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"--workdir={workdir} cannot be created: {ancestor} is not a "
+                              "writable folder")
+
+
+def _make_staging(workdir: str, log: Callable[[str], None]) -> str:
+    """A new IMPORT_TMP_PREFIX folder beside workdir, once those of killed imports are removed."""
+    import tensorflow as tf
+    from fcn8s_tf import workdir as workdir_lib
+
+    parent = os.path.dirname(workdir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir} cannot be created: {e}") from None
+    try:
+        workdir_lib.remove_stale_temp_dirs(
+            parent, lambda name: name.startswith(IMPORT_TMP_PREFIX), log=log)
+    except (OSError, tf.errors.OpError) as e:  # another user's, say: not ours to remove
+        log(f"note: a killed import's folder in {parent} could not be removed: {e}")
+    try:
+        return tempfile.mkdtemp(dir=parent, prefix=f"{IMPORT_TMP_PREFIX}p{os.getpid()}-"
+                                                   f"{os.path.basename(workdir)}-")
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir} cannot be created in {parent}: "
+                              f"{e.strerror}") from None
+
+
+def _replace_dir(new: str, target: str, aside: str) -> None:
+    """Renames new to target; an existing target is first renamed to `aside`, deleted with it.
+
+    Two renames: a SIGKILL between them (microseconds) leaves no target, and both runs in the
+    temporary folder that the next import removes.
+    """
     if os.path.isdir(target):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
-                               dir=os.path.dirname(target))
-        os.rename(target, os.path.join(old, "dir"))
+        os.rename(target, aside)
     try:
         os.rename(new, target)
     except BaseException:
-        if old is not None:
-            os.rename(os.path.join(old, "dir"), target)
+        if os.path.isdir(aside):
+            os.rename(aside, target)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

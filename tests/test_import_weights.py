@@ -7,15 +7,23 @@ compare the imported Keras model with an independent numpy implementation of the
 100, ceil-mode pools, Caffe's Deconvolution written from its definition, crops 5/9/31). The conv
 layers are VGG16's full widths (the builder fixes them); fc6/fc7 are 8 wide and there are 3
 classes, which keeps each file ~59 MB and each forward pass about a second. The genuine Caffe file
-in ../shared/caffe_sample (LeNet) checks the reader against bytes Caffe itself wrote.
+in ../shared/caffe_sample (LeNet) checks the reader against bytes Caffe itself wrote. The tool is
+tested as a user meets it: tools/import_weights.py in a subprocess, killed with real signals, its
+memory measured on crafted hostile files.
 """
 
 import hashlib
 import io
 import json
+import os
 import re
+import signal
+import stat
 import subprocess
 import sys
+import time
+import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,7 @@ from fcn8s_tf import train as train_lib
 from fcn8s_tf import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
+IMPORT_CLI = REPO / "tools" / "import_weights.py"
 LENET = REPO.parent / "shared" / "caffe_sample" / "lenet_iter_10000.caffemodel"
 CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # voc_layers.py of the reference
 NUM_CLASSES, FC_UNITS = 3, 8
@@ -541,7 +550,7 @@ def test_npz_imports_the_same_weights(tmp_path, at_once_file, at_once_weights):
         caffe.fcn8s_from(caffe.read_weights(str(pytorch)), (1.0, 1.0))
 
 
-def test_misshapen_and_foreign_layers_are_named(tmp_path, at_once_weights):
+def test_misshapen_and_foreign_layers_are_named(tmp_path, at_once_weights, monkeypatch):
     weights = dict(at_once_weights)
     weights["conv3_2"] = [np.zeros((256, 128, 3, 3), np.float32), np.zeros(256, np.float32)]
     weights["fc8"] = [np.zeros((2, 2, 1, 1), np.float32), np.zeros(2, np.float32)]
@@ -550,9 +559,13 @@ def test_misshapen_and_foreign_layers_are_named(tmp_path, at_once_weights):
         caffe.fcn8s_from(caffe.read_weights(str(path)))
     del weights["fc8"]
     path = write_caffemodel(tmp_path / "misshapen.caffemodel", weights)
-    with pytest.raises(caffe.WeightsError,
-                       match=r"conv3_2 has shape \(256, 128, 3, 3\), expected \(256, 256, 3, 3\)"):
+    misshapen = r"conv3_2 has shape \(256, 128, 3, 3\), expected \(256, 256, 3, 3\)"
+    with pytest.raises(caffe.WeightsError, match=misshapen):
         _import(path)
+    # The import's own reading finds it from the declared shapes, before a value is read.
+    monkeypatch.setattr(caffe, "_read_values", lambda *_: pytest.fail("a value was read"))
+    with pytest.raises(caffe.WeightsError, match=misshapen):
+        caffe.read_weights(str(path), check=caffe.check_fcn8s)
 
 
 # -------------------------------------------------------------------------------- the tool --
@@ -569,30 +582,89 @@ def test_lenet_rejected_as_not_fcn8s_by_the_cli(tmp_path):
     assert not workdir.exists() and list(tmp_path.iterdir()) == []
 
 
+def run_cli(*flags: str, cwd=REPO, umask=None, timeout=300) -> subprocess.CompletedProcess:
+    """tools/import_weights.py as a user types it; `umask` is set by the shell first."""
+    command = [sys.executable, str(IMPORT_CLI), *flags]
+    if umask is not None:
+        command = ["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *command]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *named: str) -> str:
+    """Exit 1 and one `import_weights: error:` line, no traceback, naming each of `named`."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("import_weights: error: "), proc.stderr[-3000:]
+    for text in named:
+        assert text in line, line
+    return line
+
+
+def make_run_dir(workdir: Path) -> Path:
+    """A run directory as a training run leaves it (model_config.json, checkpoints/, ...)."""
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "model_config.json").write_text("{}")
+    (workdir / "stale.txt").write_text("from an earlier run")
+    return workdir
+
+
+def signal_mid_import(weights: Path, workdir: Path, signum: int, *flags: str):
+    """Starts the CLI and sends `signum` once its temporary folder holds part of the new workdir.
+
+    Returns (exit status, stderr, the temporary folder).
+    """
+    log = workdir.parent / f"stderr-{signum}.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(IMPORT_CLI), f"--weights={weights}",
+                                 f"--workdir={workdir}", *flags], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline, temp = time.monotonic() + 240, None
+        while temp is None or not (temp / "new" / "model_config.json").exists():
+            assert proc.poll() is None, f"the import ended first: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no temporary folder after 240 s"
+            temp = next(workdir.parent.glob(caffe.IMPORT_TMP_PREFIX + "*"), None)
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    log.unlink()
+    return proc.returncode, text, temp
+
+
 @pytest.fixture(scope="module")
 def imported_workdir(tmp_path_factory, at_once_file):
-    """The at-once file imported by the CLI as the README types it, over a stale workdir."""
+    """The at-once file imported by the CLI as the README types it, with --overwrite over an earlier
+    run, under umask 027, beside what a SIGKILLed import left and the temporary folder of an
+    import still running (this process's pid stands for it)."""
     root = tmp_path_factory.mktemp("imported")
-    workdir = root / "fcn8s_caffe"
-    workdir.mkdir()
-    (workdir / "stale.txt").write_text("from an earlier import")
+    status, _, killed = signal_mid_import(at_once_file, root / "killed", signal.SIGKILL)
+    assert status == -signal.SIGKILL and killed.is_dir()  # what SIGKILL leaves: no handler runs
+    running = root / f"{caffe.IMPORT_TMP_PREFIX}p{os.getpid()}-other-k2j3h4g5"
+    running.mkdir()
+    workdir = make_run_dir(root / "fcn8s_caffe")
     sha1 = hashlib.sha1(at_once_file.read_bytes()).hexdigest()
-    proc = subprocess.run([sys.executable, "tools/import_weights.py", f"--weights={at_once_file}",
-                           f"--workdir={workdir}", f"--sha1={sha1}", "--overwrite"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_cli(f"--weights={at_once_file}", f"--workdir={workdir}", f"--sha1={sha1}",
+                   "--overwrite", umask=0o027)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, proc.stdout
+    return types.SimpleNamespace(workdir=workdir, stdout=proc.stdout, killed=killed,
+                                 running=running)
 
 
 def test_cli_writes_a_workdir_the_project_reads(imported_workdir, at_once_weights, images,
                                                 reference_trunks):
-    workdir, stdout = imported_workdir
+    workdir, stdout = imported_workdir.workdir, imported_workdir.stdout
     for text in ("caffemodel, NetParameter.layer", "num_classes  3", "fc6/fc7      8 wide",
                  "pool4 0.01, pool3 0.0001", "scale_pool3: constant 0.0001", "export/1/"):
         assert text in stdout
     assert sorted(p.name for p in workdir.iterdir()) == [
         "checkpoints", "export", "imported_from.json", "model_config.json"]
-    assert list(workdir.parent.iterdir()) == [workdir]  # no temp or old dirs left
+    # The killed import's folder is gone (its pid is dead), the running one's is not touched.
+    assert f"removed {imported_workdir.killed}, left by an interrupted run" in stdout
+    assert sorted(workdir.parent.iterdir()) == [imported_workdir.running, workdir]
+    # Modes as the umask (027) makes them, as for a trained workdir: not mkdtemp's 0700.
+    for path in [workdir, *workdir.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
     config = json.loads((workdir / "model_config.json").read_text())
     assert (config["num_classes"], config["fc_units"]) == (NUM_CLASSES, FC_UNITS)
 
@@ -608,6 +680,149 @@ def test_cli_writes_a_workdir_the_project_reads(imported_workdir, at_once_weight
     # Logits of ~1000 with float32 error ~5e-4 move a near-tie's probability by up to ~1e-4.
     np.testing.assert_allclose(out["probabilities"].numpy()[0], exp / exp.sum(-1, keepdims=True),
                                atol=1e-3)
+
+
+def test_sigterm_mid_import_leaves_the_old_run_and_nothing_else(tmp_path, at_once_file):
+    out = tmp_path / "out"
+    workdir = make_run_dir(out / "run")
+    status, stderr, temp = signal_mid_import(at_once_file, workdir, signal.SIGTERM, "--overwrite")
+    assert status == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(
+        "import_weights: interrupted by SIGTERM: temporary folder removed"), stderr[-3000:]
+    assert not temp.exists() and list(out.iterdir()) == [workdir]
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "checkpoints", "model_config.json", "stale.txt"]
+
+
+@pytest.mark.parametrize("where", ["folder", "cwd"])
+def test_overwrite_replaces_only_a_run_directory(tmp_path, at_once_file, where):
+    # `--workdir=. --overwrite` in a folder of one's own once deleted everything in it.
+    mine = tmp_path / "mine"
+    (mine / "src").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    (mine / "src" / "main.py").write_text("print('mine')")
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in [mine, *mine.rglob("*")])
+    flag = f"--workdir={mine}" if where == "folder" else "--workdir=."
+    proc = run_cli(f"--weights={at_once_file}", flag, "--overwrite", cwd=mine)
+    assert_one_line_error(proc, f"--workdir={mine} is not a run directory",
+                          "model_config.json and checkpoints/")
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in [mine, *mine.rglob("*")]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def _unwritable(path: Path) -> Path:
+    path.mkdir()
+    path.chmod(0o555)
+    return path / "run"
+
+
+@pytest.mark.parametrize("case", ["weights_is_a_folder", "weights_unreadable",
+                                  "parent_is_a_file", "parent_read_only"])
+def test_unreadable_weights_or_unwritable_parent_is_one_line(tmp_path, at_once_file, case):
+    if case in ("weights_unreadable", "parent_read_only") and os.geteuid() == 0:
+        pytest.skip("root reads and writes whatever the mode bits say; the folder cases in this "
+                    "test check the same one-line error as root")
+    weights, workdir, named = at_once_file, tmp_path / "out" / "run", None
+    if case == "weights_is_a_folder":
+        weights = named = tmp_path / "weights.caffemodel"
+        weights.mkdir()
+    elif case == "weights_unreadable":
+        weights = named = tmp_path / "weights.caffemodel"
+        weights.write_bytes(b"\0")
+        weights.chmod(0)
+    elif case == "parent_is_a_file":
+        named = tmp_path / "out"
+        named.write_text("a file")
+    else:
+        workdir = _unwritable(tmp_path / "out")
+        named = workdir.parent
+    before = sorted(tmp_path.rglob("*"))
+    proc = run_cli(f"--weights={weights}", f"--workdir={workdir}")
+    assert_one_line_error(proc, str(named))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# ------------------------------------------------------------------- memory of bad files --
+# A peak measured around one subprocess: RUSAGE_CHILDREN of a fresh wrapper covers that one only.
+PEAK_RSS = ("import resource, subprocess, sys; proc = subprocess.run(sys.argv[1:], "
+            "capture_output=True, text=True); sys.stdout.write(proc.stdout); "
+            "sys.stderr.write(proc.stderr); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def peak_rss_mb(*command: str):
+    """Runs `command`; returns (its peak resident memory in MB, its stdout, its stderr)."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    stdout, _, peak_kb = proc.stdout.rstrip("\n").rpartition("\n")
+    return int(peak_kb) / 1024, stdout, proc.stderr
+
+
+def _zip_bomb(path: Path) -> Path:
+    """2 GiB of float32 zeros as fc6/W, deflated into ~2 MB (within deflate's 1032x)."""
+    zeros = bytes(1 << 24)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("fc6/W.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(
+                member, {"descr": "<f4", "fortran_order": False, "shape": (1 << 29,)})
+            for _ in range((1 << 31) // len(zeros)):
+                member.write(zeros)
+    return path
+
+
+def _unpacked_caffemodel(path: Path, name: str, count: int) -> Path:
+    """One Convolution layer whose blob holds `count` floats unpacked: 5 bytes each (tag, value)."""
+    values = np.zeros(count, [("tag", "u1"), ("value", "<f4")])
+    values["tag"] = 5 << 3 | 5  # BlobProto.data, wire type fixed32
+    values["value"] = np.arange(count) % 1000
+    blob = values.tobytes() + _field(7, _field(1, _varint(count)))
+    path.write_bytes(_field(100, _field(1, name.encode()) + _field(2, b"Convolution")
+                            + _field(7, blob)))
+    return path
+
+
+def test_cli_refuses_a_zip_bomb_before_inflating_it(tmp_path):
+    baseline, _, _ = peak_rss_mb(sys.executable, str(IMPORT_CLI),
+                                 f"--weights={_random_bytes(tmp_path / 'junk.caffemodel')}",
+                                 f"--workdir={tmp_path / 'run'}")
+    bomb = _zip_bomb(tmp_path / "bomb.npz")
+    assert bomb.stat().st_size < 3 << 20
+    peak, _, stderr = peak_rss_mb(sys.executable, str(IMPORT_CLI), f"--weights={bomb}",
+                                  f"--workdir={tmp_path / 'run'}")
+    assert "declares 2147483648 bytes of arrays in" in stderr.strip().splitlines()[-1]
+    # Measured: +2 MB over the baseline (TensorFlow, ~620 MB); before the check, 4.2 GB.
+    assert peak - baseline < 32, (peak, baseline)
+
+
+@pytest.mark.parametrize("case", ["unpacked_foreign_layer", "npz_foreign_key"])
+def test_names_are_checked_before_anything_is_read(tmp_path, case):
+    # The reading of the CLI (read_weights with check_fcn8s) without TensorFlow, whose ~620 MB
+    # would hide these: a file that is not an FCN-8s costs no more memory than its bytes mapped.
+    if case == "unpacked_foreign_layer":  # 3 M floats in 15 MB
+        path = _unpacked_caffemodel(tmp_path / "x.caffemodel", "conv1_1", 3_000_000)
+    else:  # 96 MB of doubles under a name FCN-8s does not have, stored (no compression)
+        path = tmp_path / "x.npz"
+        np.savez(path, **{"fc8/W": np.zeros(12_000_000)})
+    read = (f"from fcn8s_tf import caffe; caffe.read_weights({str(path)!r}, "
+            "check=caffe.check_fcn8s)")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf import caffe")
+    peak, _, stderr = peak_rss_mb(sys.executable, "-c", read)
+    assert "WeightsError" in stderr and "is not an FCN-8s: missing" in stderr, stderr[-2000:]
+    # Measured: +15 MB (the caffemodel's pages, mapped and scanned); before, +600 and +140 MB.
+    assert peak - baseline < 32, (peak, baseline)
+
+
+def test_unpacked_floats_are_read_into_one_array(tmp_path):
+    path = _unpacked_caffemodel(tmp_path / "x.caffemodel", "conv1_1", 3_000_000)
+    read = (f"from fcn8s_tf import caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
+            "blob = layer.blobs[0]; print(blob.shape, blob.dtype, blob.sum(dtype='float64'))")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf import caffe")
+    peak, stdout, stderr = peak_rss_mb(sys.executable, "-c", read)
+    expected_sum = float((np.arange(3_000_000) % 1000).sum())
+    assert stdout.strip() == f"(3000000,) float32 {expected_sum}", stderr[-2000:]
+    # 12 MB of float32 and the 15 MB file mapped: measured +26 MB; before, ~200 bytes a value.
+    assert peak - baseline < 48, (peak, baseline)
 
 
 def _random_bytes(path: Path) -> Path:
@@ -648,9 +863,7 @@ def test_bad_files_fail_clearly_and_leave_no_workdir(tmp_path, at_once_file, at_
 
 
 def test_existing_workdir_refused_and_kept(tmp_path, at_once_file):
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "keep.txt").write_text("mine")
+    workdir = make_run_dir(tmp_path / "run")
     with pytest.raises(FileExistsError, match="--overwrite"):
         caffe.import_weights(str(at_once_file), str(workdir), log=lambda _: None)
     # With --overwrite, a failed import leaves the old workdir as it was.
@@ -658,7 +871,12 @@ def test_existing_workdir_refused_and_kept(tmp_path, at_once_file):
     with pytest.raises(caffe.WeightsError):
         caffe.import_weights(str(broken), str(workdir), overwrite=True, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.caffemodel", "run"]
-    assert (workdir / "keep.txt").read_text() == "mine"
+    assert (workdir / "stale.txt").read_text() == "from an earlier run"
+    # A run a live trainer holds is not replaced either (its LOCK names this live process).
+    (workdir / workdir_lib.LOCK_FILE).write_text(json.dumps(
+        {"pid": os.getpid(), "host": os.uname().nodename, "since": "now"}))
+    with pytest.raises(FileExistsError, match=f"is in use by pid {os.getpid()}"):
+        caffe.import_weights(str(at_once_file), str(workdir), overwrite=True, log=lambda _: None)
 
 
 # ------------------------------------------------------------------------- --init_from --
@@ -677,22 +895,23 @@ def _write_png_records(directory: Path, images, labels) -> str:
 
 
 def test_init_from_starts_from_the_imported_weights(tmp_path, imported_workdir):
-    workdir, _ = imported_workdir
+    workdir = imported_workdir.workdir
     rng = np.random.default_rng(8)
     size = 24
     images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(2)]
     labels = [rng.integers(0, NUM_CLASSES, (size, size), dtype=np.uint8) for _ in range(2)]
     labels[0][:5] = 255
     # One step whose batch is the whole (2-image) set (shuffle_buffer=1: the records in file
-    # order), without augmentation or dropout: the step-0 loss is the imported net's loss on
-    # exactly these pixels.
+    # order), without augmentation or dropout, in float32 (precision=auto picks bfloat16 on a CPU
+    # with AVX512_BF16, 1e-3 off): the step-0 loss is the imported net's loss on exactly these
+    # pixels.
     config = train_lib.TrainConfig(
         train_data=_write_png_records(tmp_path / "records", images, labels),
         workdir=str(tmp_path / "finetune"), init_from=str(workdir), base_size=size,
         crop_size=size, scale_range=(1.0, 1.0), flip_prob=0.0, num_classes=NUM_CLASSES,
         backbone_weights=None, fc_units=FC_UNITS, dropout_rate=0.0, skip_scales=(0.01, 1e-4),
         train_steps=1, batch_size=2, learning_rate=1e-4, log_every=1, shuffle_buffer=1,
-        export=False)
+        export=False, precision="float32")
     result = train_lib.train(config)
 
     model, _ = workdir_lib.load_model(str(workdir))
@@ -713,7 +932,7 @@ def test_init_from_takes_a_checkpoint_path_and_names_what_does_not_fit(tmp_path,
                                                                        imported_workdir):
     from fcn8s_tf import model as model_lib
 
-    workdir, _ = imported_workdir
+    workdir = imported_workdir.workdir
     checkpoint = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     kwargs = json.loads((workdir / "model_config.json").read_text())
     model = model_lib.build_fcn8s(**kwargs)

@@ -6,9 +6,12 @@
 The workdir then holds model_config.json, checkpoints/ and export/1 as a training run would:
 `python -m fcn8s_tf.evaluate --model=runs/fcn8s_caffe/export ...` and `fcn8s_tf.predict` use it as
 it is, and `python -m fcn8s_tf.train --init_from=runs/fcn8s_caffe ...` fine-tunes from it. The
-reading and mapping live in fcn8s_tf/caffe.py; this file only reads flags.
+reading and mapping live in fcn8s_tf/caffe.py; this file only reads flags and decides how the
+process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
+import as Ctrl-C does, with its temporary folder removed.
 """
 
+import signal
 import sys
 
 from absl import app, flags
@@ -26,16 +29,29 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Directory to create (model_config.json, checkpoints/, "
                         "export/).", required=True)
     flags.DEFINE_string("sha1", None, "Expected SHA-1 of --weights, checked before reading it.")
-    flags.DEFINE_bool("overwrite", False, "Replace a non-empty --workdir (only once the new one is "
-                      "complete).")
+    flags.DEFINE_bool("overwrite", False, "Replace a run directory (one with model_config.json "
+                      "and checkpoints/) at --workdir, only once the new one is complete. Any "
+                      "other non-empty folder is refused.")
     flags.DEFINE_list("skip_scales", None, "pool4,pool3 skip scales, only for an .npz without "
                       "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for the "
                       "staged one. A .caffemodel carries its own.")
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    """SIGTERM unwinds as Ctrl-C does, as a KeyboardInterrupt naming the signal.
+
+    Not an Exception such as convert.Interrupted (make_tfrecords.py's): TensorFlow re-raises an
+    Exception that meets it while tracing the export as its own error (autograph's StagingError,
+    seen with a SIGTERM), but lets a BaseException through.
+    """
+    del frame  # unused
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     skip_scales = None
     if FLAGS.skip_scales is not None:
         try:
@@ -46,9 +62,14 @@ def main(argv):
     try:
         caffe.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
                              overwrite=FLAGS.overwrite, skip_scales=skip_scales)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
         print(f"import_weights: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        signum = signal.Signals[str(e) or "SIGINT"]
+        print(f"import_weights: interrupted by {signum.name}: temporary folder removed; "
+              f"--workdir={FLAGS.workdir} is replaced whole or not at all.", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

@@ -20,11 +20,18 @@ cannot leak into the next):
   train      the real training step, train.make_train_step (on-device augmentation, forward, masked
              cross-entropy, gradients, Adam) per precision, XLA on/off, fixed/dynamic input and
              batch size (sweep.py decides which combinations).
-  inference  the float32 SavedModel of export.export_saved_model, loaded as TF Serving would, on a
-             500x375 JPEG: serving_uint8 and serving_default, ms per image.
-  versus     the Keras model's 500x375 forward pass, and PyTorch's train step and forward on the
-             same shapes (torch_fcn8s.py), float32 and bf16 where the machine has native bf16;
-             alternated with the TensorFlow children of the same run.
+  inference  the SavedModels of export.export_saved_model in float32 and, where bf16 is native,
+             bfloat16, each loaded as TF Serving would in a child of its own, on a 500x375 JPEG:
+             serving_uint8 and serving_default, ms per image and the fraction of the ceiling of
+             the dtype the export computes in.
+  versus     the Keras model's 500x375 forward pass (XLA off and on, in the dtype of each export),
+             and PyTorch's train step and forward on the same shapes (torch_fcn8s.py), float32
+             and bf16 where the machine has native bf16; alternated with the TensorFlow children
+             of the same run.
+  targets    issue 19's goals (forward >= 80% and training step >= 75% of the ceiling of their
+             dtype; >= 1.5x PyTorch's best where bf16 is native) and the earlier ones, each with
+             how far off it is; and the XLA default (train and forward) the run supports for its
+             machine class.
 
 The sample images are the real VOC files given by --sample_voc_root, or else synthetic ones from
 fcn8s_tf.demo_data at VOC sizes (data.py says how they are made); the report names which.

@@ -56,3 +56,21 @@ def native_bf16(machine: Dict) -> bool:
     if gpus:
         return any((g.get("compute_capability") or [0])[0] >= 8 for g in gpus)
     return bool(machine.get("native_bf16_cpu"))
+
+
+def machine_class(machine: Dict) -> str:
+    """The class of machine a measured default (XLA, precision) holds for: the GPU's compute
+    capability, or the CPU's bf16 hardware (AMX, AVX512_BF16, none) and vector width."""
+    gpus = machine.get("gpus") or []
+    if gpus:
+        major, minor = min(tuple(g.get("compute_capability") or (0, 0)) for g in gpus)
+        return f"GPU of compute capability {major}.{minor}"
+    simd = set(machine.get("simd") or ())
+    if "amx_bf16" in simd:
+        return "CPU with AMX (bf16)"
+    if "avx512_bf16" in simd:
+        return "CPU with AVX512_BF16, no AMX"
+    if "bf16" in simd:
+        return "CPU with bf16 instructions (Arm)"
+    width = "AVX-512" if "avx512f" in simd else "AVX2" if "avx2" in simd else "no AVX2"
+    return f"CPU without native bf16 ({width})"

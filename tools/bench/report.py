@@ -5,8 +5,9 @@ from typing import Dict, List
 
 from bench import protocol
 from bench import sweep
+from bench import versus as versus_lib
 from bench.settings import VOC_SBD_IMAGES
-from bench.targets import config_words, pct
+from bench.targets import config_words, pct, shown
 
 
 def _num(value, digits: int = 2) -> str:
@@ -42,6 +43,8 @@ def _machine(results: Dict) -> List[str]:
         f"{m['usable_cpus']} usable); {', '.join(m['simd']) or 'no AVX2'}; native bf16: "
         f"{'yes' if m['native_bf16_cpu'] else 'no'} |",
         f"| GPU | {gpus} |",
+        f"| machine class | {(results.get('xla_default') or {}).get('machine_class', '-')} |",
+        f"| --precision=auto here | {_auto_words(results.get('auto'))} |",
         f"| software | TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}, Python "
         f"{m['python']}; oneDNN: {m.get('onednn')} |",
         f"| sample images | {sample.get('images')} JPEGs, mean "
@@ -52,15 +55,15 @@ def _machine(results: Dict) -> List[str]:
     ]
 
 
+def _auto_words(auto) -> str:
+    if not auto:
+        return "- (the model task failed)"
+    return (f"training {auto['train']}, export {auto['export']} ({auto['export_why']})")
+
+
 def _shown_measurement(t: Dict) -> str:
-    measured = t["measured"]
-    if measured is None:
-        return "-"
-    if "80%" in t["target"]:
-        return pct(measured)
-    if t["goal"].endswith("x"):
-        return ("<= " if t.get("measured_is_upper_bound") else "") + f"{measured:.2f}x"
-    return _num(measured, 1)
+    bound = "<= " if t.get("measured_is_upper_bound") and t["measured"] is not None else ""
+    return bound + shown(t["measured"], t["unit"])
 
 
 def _targets(results: Dict) -> List[str]:
@@ -71,6 +74,17 @@ def _targets(results: Dict) -> List[str]:
         lines.append(f"| {t['target']} | {t['goal']} | {_shown_measurement(t)} | {met} | "
                      f"{t.get('note', '')} |")
     return lines
+
+
+def _xla(results: Dict) -> List[str]:
+    """The XLA default this run's figures support, for its machine class."""
+    finding = results.get("xla_default") or {}
+    return ["", "## XLA default on this machine class", "",
+            finding.get("verdict", "Not measured."),
+            "Training figures: the sweep's XLA on vs off at the first batch size, per precision "
+            "(Training step below); forward figures: the Keras forward in a tf.function with "
+            "jit_compile on vs off, in the dtype each export computes in (Inference below). The "
+            "SavedModels themselves run without XLA."]
 
 
 def _ceiling(results: Dict) -> List[str]:
@@ -195,11 +209,12 @@ def _tf_forward_runs(versus: Dict) -> List[str]:
     for policy, entry in (versus.get("tf_forward") or {}).items():
         for r in entry.get("runs", []):
             xla = "on" if r["xla"] else "off"
-            shown = (f"{r['ms']:.0f} ms (first call {r['first_ms']:.0f} ms)" if "ms" in r
-                     else r.get("error", "-"))
-            runs.append(f"{policy} XLA {xla}: {shown}")
+            figure = (f"{r['ms']:.0f} ms (first call {r['first_ms']:.0f} ms)" if "ms" in r
+                      else r.get("error", "-"))
+            runs.append(f"{r['precision']} XLA {xla}: {figure}")
         if entry.get("error") or entry.get("skipped"):
-            runs.append(f"{policy}: {entry.get('skipped') or entry.get('error')}")
+            runs.append(f"{versus_lib.FORWARD_POLICY[policy]}: "
+                        f"{entry.get('skipped') or entry.get('error')}")
     return ["", "TensorFlow forward runs: " + "; ".join(runs) + "."] if runs else []
 
 
@@ -234,23 +249,55 @@ def _host_stages(results: Dict) -> List[str]:
     return lines
 
 
-def _inference(results: Dict) -> List[str]:
-    serve, s = results.get("inference") or {}, results["settings"]
-    flops = results.get("flops") or {}
-    size = "x".join(str(v) for v in reversed(s["inference_size"]))
-    lines = ["", f"## Inference: exported SavedModel (float32, dynamic input), {size} image", ""]
+def _inference_rows(dtype: str, serve: Dict, keras_runs: List[Dict]) -> List[str]:
+    """One export's rows: its two signatures, then the Keras forward runs in its dtype."""
     if not protocol.ok(serve):
-        return lines + [f"Failed: {serve.get('error')}"]
-    lines += ["| signature | ms/image | GFLOP/s | of float32 ceiling |",
-              "| --- | --- | --- | --- |"]
-    for name in ("serving_uint8", "serving_default"):
+        return [f"| {dtype} | {serve.get('skipped') or serve.get('error')} | | | | |"]
+    rows = []
+    for name, words in (("serving_uint8", "SavedModel serving_uint8"),
+                        ("serving_default", "SavedModel serving_default (+ JPEG decode)")):
         r = serve[name]
-        lines.append(f"| {name} | {r['ms_per_image']:.0f} | {_num(r.get('gflops'), 1)} | "
-                     f"{pct(r.get('fraction_of_ceiling'))} |")
-    return lines + ["", f"Image: {serve['image']}. "
-                    f"{_num(flops.get('inference_forward_gflop'), 1)} GFLOP per image; SavedModel "
-                    f"loaded in {serve['load_s']:.1f} s; serving process peak RSS "
-                    f"{_gb(serve.get('peak_rss_mb'))} GB (with the closing ceiling)."]
+        mark = "" if r.get("time_source", "median").startswith("median") else " (first call)"
+        rows.append(f"| {dtype} | {words} | {r['ms_per_image']:.0f}{mark} | "
+                    f"{_num(r.get('gflops'), 1)} | {pct(r.get('fraction_of_ceiling'))} | "
+                    f"{_gb(serve.get('peak_rss_mb'))} |")
+    for r in keras_runs:
+        words = f"Keras forward in tf.function, XLA {'on' if r['xla'] else 'off'}"
+        if "ms" not in r:
+            rows.append(f"| {dtype} | {words}: {r.get('error', '-')} | | | | |")
+            continue
+        rows.append(f"| {dtype} | {words} | {r['ms']:.0f} | {_num(r.get('gflops'), 1)} | "
+                    f"{pct(r.get('fraction_of_ceiling'))} | |")
+    return rows
+
+
+def _inference(results: Dict) -> List[str]:
+    inference, s = results.get("inference") or {}, results["settings"]
+    flops, auto = results.get("flops") or {}, results.get("auto") or {}
+    size = "x".join(str(v) for v in reversed(s["inference_size"]))
+    keras_runs = [r for e in ((results.get("versus") or {}).get("tf_forward") or {}).values()
+                  for r in e.get("runs") or []]
+    lines = ["", f"## Inference: exported SavedModels (dynamic input), {size} image", "",
+             f"Each export (export.export_saved_model, precision float32 or bfloat16) loaded as "
+             f"TF Serving would, in a child of its own. `export --precision=auto` gives "
+             f"{auto.get('export', '-')} on this machine. 'of ceiling' divides by the matmul "
+             "ceiling of the dtype the net computes in. The Keras forward rows are the "
+             "side-by-side's: the same net without the serving wrapper (budget, padding, "
+             "argmax), with XLA off and on, since the SavedModels run without XLA.", "",
+             "| dtype | call | ms/image | GFLOP/s | of ceiling | peak RSS GB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    served = inference.get("exports") or {}
+    for dtype, serve in served.items():
+        lines += _inference_rows(dtype, serve,
+                                 [r for r in keras_runs if r.get("compute_dtype") == dtype])
+    exports = "; ".join(
+        f"{dtype} {e['size_mb']:.0f} MB, written in {e['seconds']:.1f} s"
+        + (f", loaded in {served[dtype]['load_s']:.1f} s" if protocol.ok(served.get(dtype))
+           else "") for dtype, e in (results.get("exports") or {}).items())
+    return lines + ["", f"Image: {inference.get('image')}. "
+                    f"{_num(flops.get('inference_forward_gflop'), 1)} GFLOP per image. "
+                    f"Exports: {exports or 'none'}. Peak RSS is the serving child's (the last "
+                    "also measured the closing ceiling)."]
 
 
 def _flops(results: Dict) -> List[str]:
@@ -277,11 +324,11 @@ def _flops(results: Dict) -> List[str]:
 
 
 def render_markdown(results: Dict) -> str:
-    """The report: machine, targets, ceiling, training, PyTorch side by side, host stages,
-    inference, FLOP method."""
+    """The report: machine, targets, the XLA default, ceiling, training, PyTorch side by side,
+    host stages, inference, FLOP method."""
     lines = []
-    for section in (_machine, _targets, _ceiling, _training, _versus, _host_stages, _inference,
-                    _flops):
+    for section in (_machine, _targets, _xla, _ceiling, _training, _versus, _host_stages,
+                    _inference, _flops):
         lines += section(results)
     shared = results["settings"]["group_children"]
     lines += ["", "Peak RSS is ru_maxrss of the child process that made the measurement "

@@ -1,10 +1,11 @@
 """One benchmark run: its stages in order, within its time budget, and the figures derived after.
 
     1. sample images (real, or synthetic: data.py), then in children: the environment, the opening
-       matmul ceiling, input pipeline, augmentation, converter, FLOPs and the SavedModel export
+       matmul ceiling, input pipeline, augmentation, converter, FLOPs and the SavedModel exports
+       (float32, and bfloat16 where bf16 is native)
     2. training steps (sweep.py)
     3. PyTorch side by side with TensorFlow's forward pass (versus.py)
-    4. inference through the SavedModel, and the closing ceiling
+    4. inference through each SavedModel, and the closing ceiling
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ from bench import protocol
 from bench import sweep
 from bench import targets as targets_lib
 from bench import versus
-from bench.settings import POLICY_DTYPE, Settings
+from bench.settings import EXPORT_DTYPES, POLICY_DTYPE, Settings
 
 
 def _sample(settings: Settings, tmp: str) -> Dict:
@@ -32,9 +33,21 @@ def _sample(settings: Settings, tmp: str) -> Dict:
                                     settings.synthetic_images)
 
 
+# Why a run without native bf16 serves no bfloat16 export.
+NOT_EXPORTED_WHY = ("not measured: no native bf16 here; emulated bf16 would take minutes per "
+                    "forward, and export --precision=auto gives float32 on such a machine")
+
+
+def export_dtypes(settings: Settings, machine: Dict) -> List[str]:
+    """The dtypes exported and served: bfloat16 besides float32 where bf16 is native, or in a
+    --quick run (tiny sizes, where emulated bf16 costs nothing); see NOT_EXPORTED_WHY."""
+    native = machine_lib.native_bf16(machine)
+    return [d for d in EXPORT_DTYPES if d == "float32" or native or settings.quick]
+
+
 def _host_stage(runner: protocol.ChildRunner, s: Settings, voc_root: str, export_base: str,
-                results: Dict) -> Dict:
-    """Host work, FLOPs, export and the opening ceiling; returns the model task's entry."""
+                results: Dict) -> None:
+    """Host work, FLOPs, exports and the opening ceiling, into results."""
     def run(tasks):
         return runner.run(tasks, max(runner.remaining_s() - s.serve_reserve_s, 60))
 
@@ -50,23 +63,27 @@ def _host_stage(runner: protocol.ChildRunner, s: Settings, voc_root: str, export
                                    iters=s.augment_iters))]
     converter_task = ("converter", dict(voc_root=voc_root, num_images=s.converter_images,
                                         small_images=min(30, s.converter_images // 2)))
-    model_task = ("model", dict(image_size=s.image_size, fc_units=s.fc_units,
-                                num_classes=s.num_classes, inference_size=list(s.inference_size),
-                                export_base=export_base))
+    model_kwargs = dict(image_size=s.image_size, fc_units=s.fc_units, num_classes=s.num_classes,
+                        inference_size=list(s.inference_size), export_base=export_base)
     if s.group_children:
+        # One child for all (--quick): its GPUs are not known before it starts; both dtypes.
+        results["export_dtypes"] = list(EXPORT_DTYPES)
         environment, ceiling, pipeline, augment, converter, model = run(
-            host_tasks + [converter_task, model_task])
+            host_tasks + [converter_task, ("model", dict(
+                model_kwargs, export_dtypes=results["export_dtypes"]))])
     else:
         environment, ceiling, pipeline, augment = run(host_tasks)
         (converter,) = run([converter_task])
-        (model,) = run([model_task])
+        results["export_dtypes"] = export_dtypes(
+            s, dict(results["machine"], gpus=environment.get("gpus")))
+        (model,) = run([("model", dict(model_kwargs, export_dtypes=results["export_dtypes"]))])
     results["machine"].update({k: environment.get(k) for k in (
         "tensorflow", "keras", "gpus", "onednn")})
     results.update(ceiling_start=ceiling, converter=converter, pipeline=pipeline,
-                   augment=augment, flops=model.get("flops"), export=model.get("export"),
+                   augment=augment, flops=model.get("flops"), exports=model.get("exports"),
+                   auto=model.get("auto"),
                    model_task={k: model.get(k) for k in ("status", "error", "peak_rss_mb")})
     _log_host_stage(ceiling, converter, pipeline, augment, model)
-    return model
 
 
 def _log_host_stage(ceiling, converter, pipeline, augment, model) -> None:
@@ -82,27 +99,38 @@ def _log_host_stage(ceiling, converter, pipeline, augment, model) -> None:
         protocol.log_result(label, entry, summary)
 
 
-def _serve_stage(runner: protocol.ChildRunner, s: Settings, model: Dict, voc_root: str,
-                 tmp: str, results: Dict) -> None:
-    """Inference through the SavedModel, and the closing ceiling (one child)."""
+def _serve_stage(runner: protocol.ChildRunner, s: Settings, voc_root: str, tmp: str,
+                 results: Dict) -> None:
+    """Inference through each SavedModel exported, one child each (the closing ceiling in the
+    last), so that each export's peak RSS is its own."""
     image_path = os.path.join(tmp, "inference.jpg")
     image_source = data.prepare_inference_image(voc_root, s.inference_size, image_path)
     gpus = results["machine"].get("gpus") or []
     dtypes = ["float32", "bfloat16"] + (["float16"] if gpus else [])
     closing = ("ceiling", dict(dtypes=dtypes, sizes=s.matmul_sizes, repeats=s.repeats,
                                budget_s=8))
-    if protocol.ok(model):
-        serve, ceiling_end = runner.run(
-            [("serve", dict(export_path=model["export"]["path"], image_path=image_path,
-                            repeats=s.repeats)), closing],
-            max(runner.remaining_s(), s.serve_reserve_s))
-    else:
-        serve = {"status": "failed", "error": "no SavedModel (the model task failed)"}
+    exports, model_task = results.get("exports") or {}, results["model_task"]
+    served = {}
+    for dtype in EXPORT_DTYPES:
+        if dtype not in results["export_dtypes"]:
+            served[dtype] = {"status": "skipped", "skipped": NOT_EXPORTED_WHY}
+        elif dtype not in exports:
+            served[dtype] = {"status": "failed", "error": f"not exported: {model_task['error']}"}
+    todo = [d for d in EXPORT_DTYPES if d in exports]
+    ceiling_end = None
+    for i, dtype in enumerate(todo):
+        timeout_s = max(runner.remaining_s(), s.serve_reserve_s / len(todo))
+        tasks = [("serve", dict(export_path=exports[dtype]["path"], image_path=image_path,
+                                repeats=s.repeats, deadline_unix=time.time() + timeout_s - 20))]
+        entries = runner.run(tasks + ([closing] if i == len(todo) - 1 else []), timeout_s)
+        served[dtype] = entries[0]
+        ceiling_end = entries[1] if len(entries) > 1 else ceiling_end
+        protocol.log_result(f"inference {dtype}", served[dtype], lambda e: (
+            f"{e['serving_uint8']['ms_per_image']:.0f} ms/image (serving_uint8)"))
+    if ceiling_end is None:
         (ceiling_end,) = runner.run([closing], 120)
-    serve["image"] = image_source
-    results["inference"] = serve
-    protocol.log_result("inference", serve, lambda e: (
-        f"{e['serving_uint8']['ms_per_image']:.0f} ms/image (serving_uint8)"))
+    results["inference"] = {"image": image_source,
+                            "exports": {d: served[d] for d in EXPORT_DTYPES}}
     results["ceiling"] = combine_ceilings(results.pop("ceiling_start"), ceiling_end)
 
 
@@ -120,7 +148,7 @@ def run_benchmarks(settings: Settings, command: str = "") -> Dict:
         results["sample"] = _sample(s, tmp)
         voc_root = results["sample"]["root"]
         runner = protocol.ChildRunner(s.time_budget_s, tmp)
-        model = _host_stage(runner, s, voc_root, os.path.join(tmp, "export"), results)
+        _host_stage(runner, s, voc_root, os.path.join(tmp, "export"), results)
         gpus = results["machine"].get("gpus") or []
         precisions = s.precisions or (["float32", "mixed_bfloat16"]
                                       + (["mixed_float16"] if gpus else []))
@@ -128,9 +156,10 @@ def run_benchmarks(settings: Settings, command: str = "") -> Dict:
         reserve_s = s.serve_reserve_s + s.versus_reserve_s * sum(
             reason is None for reason in compared.values())
         results["train"], results["train_summary"] = sweep.train_sweep(
-            runner, s, precisions, on_gpu=bool(gpus), reserve_s=reserve_s)
+            runner, s, precisions, on_gpu=bool(gpus), reserve_s=reserve_s,
+            native_bf16=machine_lib.native_bf16(results["machine"]))
         results["versus"] = versus.run_versus(runner, s, results, precisions)
-        _serve_stage(runner, s, model, voc_root, tmp, results)
+        _serve_stage(runner, s, voc_root, tmp, results)
         results["machine"]["load_average_end"] = list(os.getloadavg())
         results["wall_s"] = time.time() - runner.start
     derive(results)
@@ -166,18 +195,33 @@ def _derive_train(train: List[Dict], train_gflop, ceiling: Dict) -> None:
                                                      / ceiling["gflop_per_cpu_s"][dtype])
 
 
+def _derive_inference(results: Dict, forward_gflop, ceiling: Dict) -> None:
+    """GFLOP/s and the fraction of the ceiling of the dtype each forward computes in, in place:
+    each export's signatures, and the Keras forward runs (XLA off/on) of the side-by-side."""
+    def add(entry: Dict, seconds: float, dtype: str) -> None:
+        entry["gflops"] = forward_gflop / seconds
+        if dtype in ceiling["gflops"]:
+            entry["fraction_of_ceiling"] = entry["gflops"] / ceiling["gflops"][dtype]
+
+    if not forward_gflop:
+        return
+    for dtype, serve in results["inference"]["exports"].items():
+        if protocol.ok(serve):
+            for name in ("serving_uint8", "serving_default"):
+                add(serve[name], serve[name]["ms_per_image"] / 1000, dtype)
+    for entry in ((results.get("versus") or {}).get("tf_forward") or {}).values():
+        for run in entry.get("runs") or []:
+            if "ms" in run:
+                add(run, run["ms"] / 1000, run["compute_dtype"])
+
+
 def derive(results: Dict) -> None:
     """Adds GFLOP/s and fractions of the ceiling to the training and inference entries, the
-    side-by-side rows and the targets table."""
+    side-by-side rows, the targets table and the XLA finding."""
     flops = results.get("flops") or {}
     ceiling = results["ceiling"]
     _derive_train(results["train"], flops.get("train_gflop"), ceiling)
-    serve = results["inference"]
-    if protocol.ok(serve) and flops.get("inference_forward_gflop"):
-        for name in ("serving_uint8", "serving_default"):
-            gflops = flops["inference_forward_gflop"] / (serve[name]["ms_per_image"] / 1000)
-            serve[name]["gflops"] = gflops
-            if "float32" in ceiling["gflops"]:
-                serve[name]["fraction_of_ceiling"] = gflops / ceiling["gflops"]["float32"]
+    _derive_inference(results, flops.get("inference_forward_gflop"), ceiling)
     results["versus_rows"] = versus.comparison(results)
     results["targets"] = targets_lib.compute_targets(results)
+    results["xla_default"] = targets_lib.xla_default(results)

@@ -1,9 +1,10 @@
 """Which training configurations a run measures, in which order, and which of them is faster.
 
 The sweep runs in stages so that each can choose from the one before: fixed vs dynamic input
-(float32), then XLA for every precision on the input kept, then the larger batches with the float32
-setting chosen (and the fastest overall), and the other precisions without XLA last, because they
-can be very slow (bf16 kernels on a CPU without native bf16). A tight budget cuts the last first.
+(float32), then XLA for every precision on the input kept, then the other precisions without XLA,
+then the larger batches with the setting fastest at the first batch size. Where bf16 is emulated
+(no native bf16), the other precisions without XLA go last instead, because they can be very slow
+there (bf16 kernels ~10x slower than float32). A tight budget cuts the last first.
 """
 
 import statistics
@@ -122,18 +123,24 @@ def _compare(entries: List[Dict], key: str, candidate, default, on_gpu: bool,
 
 
 def train_summary(results: List[Dict], on_gpu: bool) -> Dict:
-    """Fixed vs dynamic input and XLA on vs off (float32, first batch size), and the fastest
-    configuration per batch size, compared by `cost` with CLEAR_MARGIN."""
+    """Fixed vs dynamic input (float32) and XLA on vs off (float32 as "xla", every precision in
+    "xla_by_precision") at the first batch size, and the fastest configuration per batch size,
+    compared by `cost` with CLEAR_MARGIN."""
     summary = {}
     if not results:
         return summary
     b1 = results[0]["batch_size"]
-    float32 = [e for e in results if e["precision"] == "float32" and e["batch_size"] == b1]
+    at_b1 = [e for e in results if e["batch_size"] == b1]
+    float32 = [e for e in at_b1 if e["precision"] == "float32"]
     summary["input_shape"] = _compare([e for e in float32 if not e["xla"]], "input_shape",
                                       "fixed", "dynamic", on_gpu, ("fixed input", "dynamic"))
     shape = (summary["input_shape"] or {}).get("chosen", "dynamic")
-    summary["xla"] = _compare([e for e in float32 if e["input_shape"] == shape], "xla", True,
-                              False, on_gpu, ("XLA", "XLA off"))
+    summary["xla_by_precision"] = {}
+    for precision in dict.fromkeys(e["precision"] for e in at_b1):
+        summary["xla_by_precision"][precision] = _compare(
+            [e for e in at_b1 if e["precision"] == precision and e["input_shape"] == shape],
+            "xla", True, False, on_gpu, ("XLA", "XLA off"))
+    summary["xla"] = summary["xla_by_precision"].get("float32")
     summary["fastest"] = {}
     for batch in sorted({e["batch_size"] for e in results}):
         fastest = best([e for e in results if e["batch_size"] == batch], on_gpu)
@@ -149,9 +156,10 @@ def _cfg(precision: str, xla: bool, shape: str, batch: int) -> Dict:
 
 
 def train_sweep(runner: protocol.ChildRunner, settings: Settings, precisions: List[str],
-                on_gpu: bool, reserve_s: float) -> Tuple[List[Dict], Dict]:
+                on_gpu: bool, reserve_s: float, native_bf16: bool) -> Tuple[List[Dict], Dict]:
     """The training configurations of settings.matrix, in an order that lets each stage choose;
-    reserve_s of the budget is left for the stages after the sweep."""
+    reserve_s of the budget is left for the stages after the sweep. native_bf16: whether the
+    reduced precisions run in hardware here (they go last where they are emulated)."""
     s = settings
 
     def run(configs):
@@ -167,15 +175,25 @@ def train_sweep(runner: protocol.ChildRunner, settings: Settings, precisions: Li
     shape = (train_summary(results, on_gpu).get("input_shape") or {}).get("chosen", "dynamic")
     # Stage 2: XLA, for every precision, on the chosen input.
     results += run([_cfg(p, True, shape, b1) for p in precisions])
-    # Stage 3: the larger batches, with the float32 setting chosen (and the fastest overall).
-    xla32 = (train_summary(results, on_gpu).get("xla") or {}).get("chosen", False)
-    fastest = best([r for r in results if r["batch_size"] == b1], on_gpu)
+    # Stage 3: the other precisions without XLA (the training default where bf16 is native);
+    # last where bf16 is emulated (~10x slower than float32), so a tight budget cuts them first.
+    others = [_cfg(p, False, shape, b1) for p in precisions if p != "float32"]
+    if native_bf16:
+        results += run(others)
+    # Stage 4: the larger batches, with one setting: the fastest at the first batch size of the
+    # precisions that run in hardware here (float32 only where bf16 is emulated), float32 with
+    # the XLA setting chosen above. Dropped to pay for the bfloat16 export's inference rows
+    # (issue 19): float32 at the larger batches where another precision is faster, which is not
+    # what such a machine trains with.
+    summary = train_summary(results, on_gpu)
+    fastest = best([r for r in results if r["batch_size"] == b1
+                    and (native_bf16 or r["precision"] == "float32")], on_gpu)
+    if fastest is None or fastest["precision"] == "float32":
+        setting = ("float32", (summary.get("xla") or {}).get("chosen", False))
+    else:
+        setting = (fastest["precision"], fastest["xla"])
     for batch in larger:
-        chosen = [_cfg("float32", xla32, shape, batch)]
-        if fastest and fastest["precision"] != "float32":
-            chosen.append(_cfg(fastest["precision"], fastest["xla"], shape, batch))
-        results += run(chosen)
-    # Stage 4: the other precisions without XLA, last because they can be slow (bf16 kernels on a
-    # CPU without native bf16 run ~10x slower than float32), so a tight budget cuts them first.
-    results += run([_cfg(p, False, shape, b1) for p in precisions if p != "float32"])
+        results += run([_cfg(*setting, shape, batch)])
+    if not native_bf16:
+        results += run(others)
     return results, train_summary(results, on_gpu)

@@ -14,15 +14,18 @@ import tensorflow as tf
 from bench import flops as flops_lib
 from bench import protocol
 from bench.settings import IGNORE_LABEL
+from fcn8s_tf import config as config_lib
 from fcn8s_tf import distribute
 from fcn8s_tf import export as export_lib
 from fcn8s_tf import model as model_lib
+from fcn8s_tf import serving
 from fcn8s_tf import train as train_lib
 
 
 def model(progress, image_size: int, fc_units: int, num_classes: int,
-          inference_size: List[int], export_base: str) -> Dict:
-    """FLOPs of the training and inference shapes, and the float32 SavedModel export."""
+          inference_size: List[int], export_base: str, export_dtypes: List[str]) -> Dict:
+    """FLOPs of the training and inference shapes, the SavedModel exported in each of
+    export_dtypes (under export_base/<dtype>), and what --precision=auto picks on this machine."""
     kwargs = dict(num_classes=num_classes, fc_units=fc_units)
     shape = (image_size, image_size, 3)
     net = model_lib.build_fcn8s(input_shape=shape, **kwargs)
@@ -32,15 +35,25 @@ def model(progress, image_size: int, fc_units: int, num_classes: int,
     net = model_lib.build_fcn8s(input_shape=tuple(inference_size) + (3,), **kwargs)
     inference = flops_lib.count_flops(net)
     keras.backend.clear_session()
-    progress(train_forward=train["forward"])
     flops = flops_lib.flops_summary(train, profiled, inference, image_size, inference_size)
+    progress(flops=flops)  # kept should an export fail
 
     net = model_lib.build_fcn8s(**kwargs)  # dynamic (None, None): what is served
-    start = time.perf_counter()
-    path = export_lib.export_saved_model(net, export_base, version=1, model_kwargs=kwargs)
-    export_s = time.perf_counter() - start
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-    return {"flops": flops, "export": {"path": path, "seconds": export_s, "size_mb": size / 2**20}}
+    exports = {}
+    for dtype in export_dtypes:
+        start = time.perf_counter()
+        path = export_lib.export_saved_model(net, os.path.join(export_base, dtype), version=1,
+                                             model_kwargs=kwargs, precision=dtype)
+        export_s = time.perf_counter() - start
+        size = sum(os.path.getsize(os.path.join(d, f))
+                   for d, _, files in os.walk(path) for f in files)
+        exports[dtype] = {"path": path, "seconds": export_s, "size_mb": size / 2**20}
+        progress(exports=exports)
+    train_policy, train_why = config_lib.resolve_precision("auto")
+    export_dtype, export_why = config_lib.resolve_export_precision("auto")
+    return {"flops": flops, "exports": exports,
+            "auto": {"train": train_policy, "train_why": train_why, "export": export_dtype,
+                     "export_why": export_why}}
 
 
 # -------------------------------------------------------------------------------- training step --
@@ -118,11 +131,16 @@ def train(progress, precision: str, xla: bool, input_shape: str, batch_size: int
 
 
 # ------------------------------------------------------------------------------------ inference --
-def serve(progress, export_path: str, image_path: str, repeats: int) -> Dict:
-    """ms per image through the exported SavedModel's serving_uint8 and serving_default."""
+def serve(progress, export_path: str, image_path: str, repeats: int,
+          deadline_unix: float = math.inf) -> Dict:
+    """ms per image through an exported SavedModel's serving_uint8 and serving_default, loaded as
+    TF Serving would, and the compute dtype its `metadata` signature names."""
     start = time.perf_counter()
     loaded = tf.saved_model.load(export_path)
     load_s = time.perf_counter() - start
+    metadata = loaded.signatures[serving.SIGNATURE_METADATA](
+        **{serving.METADATA_INPUT: tf.constant(0)})
+    precision = metadata["precision"].numpy().decode()  # what the export says it computes in
     with open(image_path, "rb") as f:
         jpeg = f.read()
     image = tf.io.decode_jpeg(jpeg, channels=3)[tf.newaxis]
@@ -133,19 +151,25 @@ def serve(progress, export_path: str, image_path: str, repeats: int) -> Dict:
         "serving_default": (loaded.signatures["serving_default"],
                             {"image_bytes": tf.constant([jpeg])}, 1),
     }
-    results = {"load_s": load_s, "image_size": [height, width]}
+    results = {"load_s": load_s, "image_size": [height, width], "precision": precision}
+    progress(**results)
     for name, (fn, kwargs, timed_calls) in calls.items():
         times = []
-        for i in range(timed_calls + 1):  # the first call is untimed (graph set-up)
+        for _ in range(timed_calls + 1):  # the first call is untimed (graph set-up)
             start = time.perf_counter()
             labels = fn(**kwargs)["labels"].numpy()
-            if i:
-                times.append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
+            if time.time() + times[-1] > deadline_unix:
+                break
         if labels.shape != (1, height, width):
             raise RuntimeError(f"{name} returned labels of shape {labels.shape}, expected "
                                f"(1, {height}, {width})")
-        results[name] = {"ms_per_image": statistics.median(times) * 1000,
-                         "calls_ms": [t * 1000 for t in times]}
+        timed = times[1:] or times[:1]
+        results[name] = {"ms_per_image": statistics.median(timed) * 1000,
+                         "calls_ms": [t * 1000 for t in timed],
+                         "time_source": (f"median of {len(timed)} timed call(s)" if times[1:]
+                                         else "first call only (graph set-up included): an "
+                                              "upper bound")}
         progress(**{name: results[name]})
     return results
 
@@ -157,7 +181,8 @@ def _time_forward(precision: str, xla: bool, images: np.ndarray, fc_units: int,
     try:
         net = model_lib.build_fcn8s(num_classes=num_classes, fc_units=fc_units)  # any size
         forward = tf.function(lambda x: net(x, training=False), jit_compile=xla)
-        inputs = model_lib.preprocess(images, keras.mixed_precision.global_policy().compute_dtype)
+        compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+        inputs = model_lib.preprocess(images, compute_dtype)
         times = []
         for i in range(repeats + 1):  # the first call traces (and compiles, with XLA)
             start = time.perf_counter()
@@ -171,7 +196,8 @@ def _time_forward(precision: str, xla: bool, images: np.ndarray, fc_units: int,
     if logits.shape != images.shape[:3] + (num_classes,):
         raise RuntimeError(f"logits of shape {logits.shape} for images {images.shape}")
     timed = times[1:] or times[:1]
-    return {"precision": precision, "xla": xla, "first_ms": times[0] * 1000,
+    return {"precision": precision, "compute_dtype": compute_dtype, "xla": xla,
+            "first_ms": times[0] * 1000,
             "ms": statistics.median(timed) * 1000, "calls_ms": [t * 1000 for t in timed],
             "time_source": (f"median of {len(timed)} timed call(s)" if times[1:] else
                             "first call only (includes tracing/compilation): an upper bound")}
@@ -183,6 +209,8 @@ def forward(progress, configs: List[Dict], height: int, width: int, fc_units: in
 
     The any-size model that evaluation and export use, called in a tf.function (with
     jit_compile=xla) on a preprocessed random image: the same work as torch_tasks' forward.
+    precision is a Keras policy: "bfloat16" is the net a bfloat16 export serves
+    (export.serving_twin), so XLA on vs off here says whether XLA would speed up that export.
     """
     images = np.random.default_rng(seed).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     runs = []

@@ -2,9 +2,10 @@
 
 Children alternate: PyTorch float32 (train step + forward), TensorFlow's forward in float32 (XLA off
 and on), then, where bf16 is native, PyTorch under bf16 autocast and TensorFlow's forward in
-mixed_bfloat16. TensorFlow's train step is the sweep's (sweep.py), measured earlier in the run on
-the same crop and batch. Ratios are PyTorch seconds over TensorFlow seconds, by wall time (the
-only clock both report the same way): above 1, TensorFlow is faster.
+bfloat16 (XLA off and on: the net a bfloat16 export serves). TensorFlow's train step is the
+sweep's (sweep.py), measured earlier in the run on the same crop and batch. Ratios are PyTorch
+seconds over TensorFlow seconds, by wall time (the only clock both report the same way): above 1,
+TensorFlow is faster.
 """
 
 import importlib.util
@@ -19,6 +20,10 @@ from bench.settings import POLICY_DTYPE, Settings
 
 # TensorFlow's Keras policy -> the PyTorch precision it is compared with.
 PAIRS = {"float32": "float32", "mixed_bfloat16": "bf16_autocast"}
+# Training policy -> the Keras policy of the forward pass compared: the dtype of the export that
+# precision serves (export.serving_twin builds a pure "bfloat16" net, not a mixed one that casts
+# 134 M float32 weights on every call).
+FORWARD_POLICY = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 INSTALL_HINT = ".venv/bin/pip install -r requirements/bench-torch.txt"
 
 
@@ -76,10 +81,11 @@ def run_versus(runner: protocol.ChildRunner, settings: Settings, results: Dict,
                 batch_size=s.batch_sizes[0], inference_size=[height, width]))
             protocol.log_result(f"pytorch {PAIRS[policy]}", out["torch"][policy], lambda e: (
                 f"train step {e['train']['s']:.2f} s, forward {e['forward']['s']:.2f} s"))
-        configs = [{"precision": policy, "xla": xla} for xla in (False, True)]
+        configs = [{"precision": FORWARD_POLICY[policy], "xla": xla} for xla in (False, True)]
         out["tf_forward"][policy] = _child(runner, s, "tf_forward", dict(
             common, configs=configs, height=height, width=width))
-        protocol.log_result(f"tensorflow forward {policy}", out["tf_forward"][policy],
+        protocol.log_result(f"tensorflow forward {FORWARD_POLICY[policy]}",
+                            out["tf_forward"][policy],
                             lambda e: ", ".join(f"XLA {'on' if r['xla'] else 'off'} "
                                                 f"{r.get('ms', float('nan')):.0f} ms"
                                                 for r in e["runs"]))
@@ -137,7 +143,8 @@ def comparison(results: Dict) -> List[Dict]:
         tf_forward = None if reason else _tf_forward((versus.get("tf_forward") or {}).get(policy))
         rows.append(_row(f"forward, {width}x{height}", policy,
                          tf_forward and tf_forward["ms"] / 1000,
-                         tf_forward and f"XLA {'on' if tf_forward['xla'] else 'off'}",
+                         tf_forward and f"{tf_forward['precision']}, XLA "
+                                        f"{'on' if tf_forward['xla'] else 'off'}",
                          (torch_entry.get("forward") or {}).get("s"), note,
                          flops.get("inference_forward_gflop"), ceiling))
     return rows

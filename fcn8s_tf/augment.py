@@ -41,7 +41,7 @@ from typing import Optional, Sequence, Tuple, Union
 import tensorflow as tf
 
 from fcn8s_tf import model
-from fcn8s_tf.voc import IGNORE_LABEL
+from fcn8s_tf.class_info import IGNORE_LABEL
 
 DEFAULT_CROP_SIZE = (321, 321)
 DEFAULT_SCALE_RANGE = (0.5, 1.3)

@@ -964,7 +964,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
     import tensorflow as tf
     from fcn8s_tf import export as export_lib
     from fcn8s_tf import workdir as workdir_lib
-    from fcn8s_tf.convert_publish import signals_deferred
+    from fcn8s_tf.convert.publish import signals_deferred
 
     staging = _make_staging(workdir, log)
     try:

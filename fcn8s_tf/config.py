@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from fcn8s_tf import augment
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import model as model_lib
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 PRECISIONS = ("auto",) + POLICIES  # auto: resolve_precision() picks per machine
@@ -70,7 +70,7 @@ class TrainConfig:
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The build_fcn8s arguments, also written to <workdir>/model_config.json."""
-        return dict(num_classes=self.num_classes or voc.NUM_CLASSES, fc_units=self.fc_units,
+        return dict(num_classes=self.num_classes or class_info.NUM_CLASSES, fc_units=self.fc_units,
                     learnable_upsampling=self.learnable_upsampling, dropout_rate=self.dropout_rate,
                     skip_scales=list(self.skip_scales), train_backbone=self.train_backbone)
 
@@ -154,7 +154,7 @@ def resolve_export_precision(precision: str) -> Tuple[str, str]:
 
 
 # -------------------------------------------------------------------------------------- classes --
-def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, voc.ClassInfo]:
+def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, class_info.ClassInfo]:
     """The run's classes: from the manifest beside --train_data (the converter writes names and
     colours there), else VOC's; --num_classes, when given, must agree.
 
@@ -168,9 +168,9 @@ def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, voc.ClassInfo]:
     from fcn8s_tf import records  # pylint: disable=import-outside-toplevel
     found = records.read_classes(config.train_data)
     if found is None:
-        info = voc.ClassInfo.default(config.num_classes or voc.NUM_CLASSES)
+        info = class_info.ClassInfo.default(config.num_classes or class_info.NUM_CLASSES)
     else:
-        info = voc.ClassInfo.from_json(found)
+        info = class_info.ClassInfo.from_json(found)
         if config.num_classes not in (None, info.num_classes):
             raise ValueError(
                 f"--num_classes={config.num_classes}, but the manifest of --train_data lists "

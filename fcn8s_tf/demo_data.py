@@ -37,7 +37,7 @@ import scipy.io
 import scipy.sparse
 from PIL import Image, ImageDraw
 
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_PALETTE
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_PALETTE
 
 # VOC class id -> (shape, RGB colour). One shape and one hue per class.
 DEMO_CLASSES = {

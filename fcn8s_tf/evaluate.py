@@ -23,7 +23,7 @@ matrix is accumulated over the whole split (metrics.py has the definitions). Tra
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -32,13 +32,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from fcn8s_tf import convert_layout
+from fcn8s_tf.convert import layout as convert_layout
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import metrics
 from fcn8s_tf import predict as predict_lib
 from fcn8s_tf import records
 from fcn8s_tf import serving
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 from fcn8s_tf import workdir as workdir_lib
 
 # uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
@@ -80,11 +80,11 @@ def saved_model_predict_fn(export_dir: str) -> PredictFn:
     if predict_fn.classes is None:  # an export without the metadata signature
         probabilities = signature.structured_outputs.get("probabilities")
         channels = None if probabilities is None else probabilities.shape[-1]
-        predict_fn.classes = None if channels is None else voc.ClassInfo.default(int(channels))
+        predict_fn.classes = None if channels is None else class_info.ClassInfo.default(int(channels))
     return predict_fn
 
 
-def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[voc.ClassInfo]]:
+def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[class_info.ClassInfo]]:
     """A predict function for a SavedModel or a training workdir.
 
     Returns:
@@ -115,21 +115,21 @@ def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[voc.Class
 
 
 # ------------------------------------------------------------------------------------ classes --
-def _names_are_placeholders(classes: voc.ClassInfo) -> bool:
+def _names_are_placeholders(classes: class_info.ClassInfo) -> bool:
     """True for the class_<i> names ClassInfo.default gives a model that does not name its classes
     (VOC's 21 names, the other default, are real names: such models are VOC's)."""
-    return (classes.num_classes != voc.NUM_CLASSES
-            and classes.names == voc.ClassInfo.default(classes.num_classes).names)
+    return (classes.num_classes != class_info.NUM_CLASSES
+            and classes.names == class_info.ClassInfo.default(classes.num_classes).names)
 
 
-def _count_and_names(classes: voc.ClassInfo) -> str:
+def _count_and_names(classes: class_info.ClassInfo) -> str:
     """E.g. "3 classes (background, circle, square)"; the first few names of a long list."""
     return f"{classes.num_classes} classes ({convert_layout.format_names(classes.names)})"
 
 
-def scoring_classes(model: Optional[voc.ClassInfo], data: Optional[voc.ClassInfo], *,
+def scoring_classes(model: Optional[class_info.ClassInfo], data: Optional[class_info.ClassInfo], *,
                     allow_class_mismatch: bool = False, model_name: str = "the model",
-                    data_name: str = "the records") -> Optional[voc.ClassInfo]:
+                    data_name: str = "the records") -> Optional[class_info.ClassInfo]:
     """The classes a model is scored with on some records, after checking that they agree.
 
     Args:
@@ -221,7 +221,7 @@ def evaluate(predict_fn: PredictFn, dataset: tf.data.Dataset, num_classes: int, 
     return result, cm
 
 
-def save_predictions_hook(directory: str, count: int, palette=voc.VOC_PALETTE) -> Hook:
+def save_predictions_hook(directory: str, count: int, palette=class_info.VOC_PALETTE) -> Hook:
     """A hook writing `<directory>/<filename id>.png` (palette PNG) for the first `count` images."""
     os.makedirs(directory, exist_ok=True)
 
@@ -378,7 +378,7 @@ def main(argv):
     try:
         records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
         found = records.read_classes(FLAGS.data)  # the converter's manifest beside the records
-        data_classes = None if found is None else voc.ClassInfo.from_json(found)
+        data_classes = None if found is None else class_info.ClassInfo.from_json(found)
         predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
         if (model_classes is not None and FLAGS.num_classes is not None
                 and FLAGS.num_classes != model_classes.num_classes):
@@ -399,7 +399,7 @@ def main(argv):
                              "--num_classes out to use them)")
     except (FileNotFoundError, ValueError, records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
-    classes = classes or voc.ClassInfo.default(FLAGS.num_classes or voc.NUM_CLASSES)
+    classes = classes or class_info.ClassInfo.default(FLAGS.num_classes or class_info.NUM_CLASSES)
     num_classes = classes.num_classes
     dataset = input_pipeline.eval_dataset(FLAGS.data, num_classes=num_classes)
     print(f"Evaluating {loaded} on {FLAGS.data}", flush=True)

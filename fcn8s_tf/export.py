@@ -22,7 +22,7 @@ import tensorflow as tf
 from fcn8s_tf import config as config_lib
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import serving
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 from fcn8s_tf import workdir as workdir_lib
 
 
@@ -60,7 +60,7 @@ def serving_twin(model: keras.Model, model_kwargs: Optional[Dict],
 def export_saved_model(model: keras.Model, export_base: str, version: Optional[int] = None,
                        model_kwargs: Optional[Dict] = None,
                        max_image_pixels: int = serving.DEFAULT_MAX_IMAGE_PIXELS,
-                       classes: Optional[voc.ClassInfo] = None,
+                       classes: Optional[class_info.ClassInfo] = None,
                        max_output_bytes: int = serving.DEFAULT_MAX_OUTPUT_BYTES,
                        precision: str = "float32") -> str:
     """Writes `model` as `<export_base>/<version>/` (TF Serving layout) and returns that path.
@@ -96,7 +96,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     dtype, why = config_lib.resolve_export_precision(precision)
     logging.info("Export precision %s (precision=%s: %s)", dtype, precision, why)
     twin = serving_twin(model, model_kwargs, dtype)
-    classes = classes or voc.ClassInfo.default(twin.output_shape[-1])
+    classes = classes or class_info.ClassInfo.default(twin.output_shape[-1])
     if classes.num_classes != twin.output_shape[-1]:
         raise ValueError(f"{classes.num_classes} class names for a model of "
                          f"{twin.output_shape[-1]} classes")

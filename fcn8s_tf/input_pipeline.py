@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from fcn8s_tf import records
-from fcn8s_tf.voc import IGNORE_LABEL
+from fcn8s_tf.class_info import IGNORE_LABEL
 
 DEFAULT_BASE_SIZE = (321, 321)
 DEFAULT_SHUFFLE_BUFFER = 1024  # serialized records (~0.1 MB each for VOC): ~100 MB of host memory

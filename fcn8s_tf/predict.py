@@ -39,7 +39,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from fcn8s_tf import serving
-from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, ClassInfo
+from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, ClassInfo
 
 SIGNATURE = serving.SIGNATURE_DEFAULT
 

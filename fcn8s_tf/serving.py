@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 
 if TYPE_CHECKING:  # predict and evaluate use this module without importing Keras
     import keras
@@ -402,7 +402,7 @@ class _Predictor:
             empty = [0, 0, 0] if depth is None else [0, 0, 0, depth]
             return tf.cond(n > 0, pad_all, lambda: tf.zeros(empty, dtype))
 
-        outputs = {"labels": padded(flat_labels, None, voc.IGNORE_LABEL, tf.int32),
+        outputs = {"labels": padded(flat_labels, None, class_info.IGNORE_LABEL, tf.int32),
                    "height": heights, "width": widths}
         if with_probabilities:
             outputs["probabilities"] = padded(flat_probs, self.num_classes, 0.0, tf.float32)
@@ -410,12 +410,12 @@ class _Predictor:
 
 
 def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                       classes: Optional[voc.ClassInfo] = None,
+                       classes: Optional[class_info.ClassInfo] = None,
                        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                        precision: str = "float32") -> Dict[str, object]:
     """The signatures of the contract above, traced for `model` (a float32 any-size FCN-8s).
 
-    classes: the model's voc.ClassInfo (default: VOC's, or class_<i>, for its class count).
+    classes: the model's class_info.ClassInfo (default: VOC's, or class_<i>, for its class count).
     max_image_pixels, max_output_bytes: the per-request Budget.
     precision: the dtype `model` computes in, reported by the `metadata` signature.
     """
@@ -433,11 +433,11 @@ def serving_signatures(model: "keras.Model", max_image_pixels: int = DEFAULT_MAX
     signatures = {name: tf.function(fn, input_signature=spec).get_concrete_function()
                   for name, (fn, spec) in functions.items()}
     signatures[SIGNATURE_METADATA] = metadata_signature(
-        classes or voc.ClassInfo.default(predictor.num_classes), precision)
+        classes or class_info.ClassInfo.default(predictor.num_classes), precision)
     return signatures
 
 
-def metadata_signature(classes: voc.ClassInfo, precision: str = "float32"):
+def metadata_signature(classes: class_info.ClassInfo, precision: str = "float32"):
     """The `metadata` signature: the classes and the compute dtype as constants of the graph."""
     names = tf.constant(list(classes.names), tf.string)
     dtype = tf.constant(precision, tf.string)
@@ -453,12 +453,12 @@ def metadata_signature(classes: voc.ClassInfo, precision: str = "float32"):
     return metadata.get_concrete_function()
 
 
-def read_metadata(loaded) -> Optional[voc.ClassInfo]:
+def read_metadata(loaded) -> Optional[class_info.ClassInfo]:
     """The classes of a SavedModel loaded with tf.saved_model.load (None for exports without)."""
     if SIGNATURE_METADATA not in loaded.signatures:
         return None
     out = loaded.signatures[SIGNATURE_METADATA](**{METADATA_INPUT: tf.constant(0)})
-    return voc.ClassInfo(tuple(n.decode() for n in out["class_names"].numpy()),
+    return class_info.ClassInfo(tuple(n.decode() for n in out["class_names"].numpy()),
                          tuple(tuple(int(c) for c in rgb) for rgb in out["palette"].numpy()),
                          int(out["ignore_label"].numpy()))
 

@@ -35,7 +35,7 @@ from fcn8s_tf import flags as flags_lib
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 from fcn8s_tf import workdir as workdir_lib
 from fcn8s_tf.config import TrainConfig
 
@@ -129,7 +129,7 @@ def masked_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> Tuple[tf.Tenso
     labels = tf.cast(labels, tf.int32)
     if labels.shape.rank == 4:
         labels = tf.squeeze(labels, -1)
-    valid = tf.not_equal(labels, voc.IGNORE_LABEL)
+    valid = tf.not_equal(labels, class_info.IGNORE_LABEL)
     safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=safe_labels, logits=tf.cast(logits, tf.float32))
@@ -173,7 +173,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
             scale_range=config.scale_range, flip_prob=config.flip_prob, seed=aug_seed,
             dtype=compute_dtype)
         labels = tf.cast(labels, tf.int32)
-        local_count = tf.reduce_sum(tf.cast(tf.not_equal(labels, voc.IGNORE_LABEL), tf.float32))
+        local_count = tf.reduce_sum(tf.cast(tf.not_equal(labels, class_info.IGNORE_LABEL), tf.float32))
         global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
         loss_sum, grads = model_step(images, labels, global_count)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -209,7 +209,7 @@ class _LossAndPictures:
         return self.loss_sum / max(self.pixels, 1.0)
 
 
-def write_eval_images(writer, examples: list, step: int, palette=voc.VOC_PALETTE) -> None:
+def write_eval_images(writer, examples: list, step: int, palette=class_info.VOC_PALETTE) -> None:
     """Input, ground truth and prediction in the VOC palette, from _LossAndPictures's images."""
     palette = tf.constant(palette)
     with writer.as_default(step=step):
@@ -233,7 +233,7 @@ def _check_workdir(config: TrainConfig) -> None:
         workdir_lib.init_checkpoint(config.init_from, config.model_kwargs())
 
 
-def _write_run_files(config: TrainConfig, flags_text: str, classes: voc.ClassInfo) -> None:
+def _write_run_files(config: TrainConfig, flags_text: str, classes: class_info.ClassInfo) -> None:
     """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed run."""
     tf.io.gfile.makedirs(config.workdir)
     workdir_lib.write_model_config(config.workdir, config.model_kwargs(), classes)
@@ -258,7 +258,7 @@ class _InTrainingEval:
     """
 
     def __init__(self, model: keras.Model, config: TrainConfig, writer, chief: bool,
-                 classes: voc.ClassInfo):
+                 classes: class_info.ClassInfo):
         self.model, self.config, self.writer, self.chief = model, config, writer, chief
         self.twin = self.predict_fn = None
         self.classes = classes
@@ -339,7 +339,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
 
 
 def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: str,
-           classes: voc.ClassInfo) -> Dict:
+           classes: class_info.ClassInfo) -> Dict:
     """train() under the run's precision policy: checks, then the run with the workdir locked."""
     strategy = distribute.make_strategy(devices)
     chief = distribute.is_chief(strategy)
@@ -416,7 +416,7 @@ def _build_and_restore(config: TrainConfig, strategy, chief: bool, signals,
 
 
 def _run(config: TrainConfig, strategy, state: _State, total_steps: int,
-         classes: voc.ClassInfo) -> Dict:
+         classes: class_info.ClassInfo) -> Dict:
     """Input, update step, summaries, the loop, and the end (export, val_metrics.json)."""
     # The data order is reseeded with the resume step: the tf.data iterator is not checkpointed
     # (its shuffle buffer would go into every checkpoint), so a resumed run sees a fresh

@@ -91,17 +91,17 @@ def read_model_config(workdir: str) -> Dict[str, Any]:
 
 
 def read_classes(workdir: str):
-    """The run's voc.ClassInfo: from model_config.json, VOC's for runs that predate it."""
-    from fcn8s_tf import voc  # pylint: disable=import-outside-toplevel
+    """The run's class_info.ClassInfo: from model_config.json, VOC's for runs that predate it."""
+    from fcn8s_tf import class_info  # pylint: disable=import-outside-toplevel
     with tf.io.gfile.GFile(path(workdir, CONFIG_FILE)) as f:
         config = json.load(f)
     if "classes" in config:
-        return voc.ClassInfo.from_json(config["classes"])
-    return voc.ClassInfo.default(config.get("num_classes", voc.NUM_CLASSES))
+        return class_info.ClassInfo.from_json(config["classes"])
+    return class_info.ClassInfo.default(config.get("num_classes", class_info.NUM_CLASSES))
 
 
 def write_model_config(workdir: str, model_kwargs: Dict[str, Any], classes=None) -> None:
-    """model_config.json: the build_fcn8s arguments, and the classes (a voc.ClassInfo) if given."""
+    """model_config.json: the build_fcn8s arguments, and the classes (a class_info.ClassInfo) if given."""
     payload = dict(model_kwargs)
     if classes is not None:
         payload["classes"] = classes.to_json()
@@ -126,10 +126,10 @@ def load_model(workdir: str, num_classes: Optional[int] = None) -> Tuple[Any, st
       ValueError: num_classes disagrees with the config, or the checkpoint does not fit the model.
     """
     from fcn8s_tf import model as model_lib  # Keras only when a model is built
-    from fcn8s_tf import voc
+    from fcn8s_tf import class_info
 
     config = read_model_config(workdir)
-    config_classes = config.get("num_classes", voc.NUM_CLASSES)
+    config_classes = config.get("num_classes", class_info.NUM_CLASSES)
     if num_classes is not None and num_classes != config_classes:
         raise ValueError(f"num_classes={num_classes} was asked for but "
                          f"{path(workdir, CONFIG_FILE)} says num_classes={config_classes}")

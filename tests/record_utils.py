@@ -1,8 +1,8 @@
 """Fake TFRecord shards for tests, named and laid out as the converter writes them.
 
 The one place tests make records (the habit of TF Model Garden's `tfexample_utils`): examples go
-through fcn8s_tf.records.encode_example, files are named by convert.shard_name and split into
-contiguous blocks by convert.shard_bounds, so a change of format or layout reaches every test.
+through fcn8s_tf.records.encode_example, files are named by convert_layout.shard_name and split into
+contiguous blocks by convert_layout.shard_bounds, so a change of format or layout reaches every test.
 
     examples = [record_utils.example(image, label, f"ex_{k:03d}") for k, (image, label) in ...]
     pattern = record_utils.write_shards(tmp_path, "train", examples, num_shards=3)
@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from fcn8s_tf import convert, records
+from fcn8s_tf import records
+from fcn8s_tf.convert import layout as convert_layout
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,14 +81,14 @@ def write_shards(directory: PathLike, split: str, examples: Sequence[Example],
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for index, (start, stop) in enumerate(convert.shard_bounds(len(examples), num_shards)):
-        with tf.io.TFRecordWriter(str(directory / convert.shard_name(split, index,
+    for index, (start, stop) in enumerate(convert_layout.shard_bounds(len(examples), num_shards)):
+        with tf.io.TFRecordWriter(str(directory / convert_layout.shard_name(split, index,
                                                                      num_shards))) as writer:
             for item in examples[start:stop]:
                 writer.write(records.encode_example(item.image, item.label_png, item.height,
                                                     item.width, item.filename,
                                                     image_format=item.image_format))
-    return convert.shard_pattern(directory, split)
+    return convert_layout.shard_pattern(directory, split)
 
 
 def shard_files(pattern: str) -> List[str]:

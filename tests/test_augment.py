@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from fcn8s_tf import augment, model
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 MODES = ("eager", "function", "data")
 

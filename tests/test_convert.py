@@ -18,9 +18,13 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import convert
+from fcn8s_tf.convert import convert
+
+from fcn8s_tf.convert import examples as convert_examples
+
+from fcn8s_tf.convert import voc_sbd
 from fcn8s_tf.convert import ConversionError
-from fcn8s_tf.voc import VOC_CLASSES, VOC_PALETTE
+from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SBD_IDS = ("2008_000051", "2008_000195")  # both in SBD val, in neither VOC2012 list
@@ -242,7 +246,7 @@ def test_label_png_encoder_round_trip():
     rng = np.random.default_rng(0)
     for shape in [(1, 1), (3, 7), (281, 500)]:
         label = rng.choice(np.array([0, 1, 15, 20, 255], np.uint8), size=shape)
-        png = convert.encode_label_png(label)
+        png = convert_examples.encode_label_png(label)
         np.testing.assert_array_equal(np.array(Image.open(io.BytesIO(png))), label)
         np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], label)
 
@@ -305,7 +309,7 @@ def test_list_into_a_named_split_and_its_errors(roots, tmp_path):
 def test_split_ids_on_full_lists(voc_sample_dir):
     voc = voc_sample_dir / "VOCdevkit" / "VOC2012"
     sbd = voc_sample_dir / "benchmark_RELEASE" / "dataset"
-    splits = convert.split_ids(voc, sbd)
+    splits = voc_sbd.split_ids(voc, sbd)
     assert len(splits["train"]) == 10582
     assert len(splits["val"]) == 1449
     assert splits["train"] == sorted(_read_ids(voc / "ImageSets/SegmentationAug/train_aug.txt"))
@@ -315,7 +319,7 @@ def test_split_ids_on_full_lists(voc_sample_dir):
 
 def test_split_ids_without_sbd(voc_sample_dir):
     voc = voc_sample_dir / "VOCdevkit" / "VOC2012"
-    splits = convert.split_ids(voc)
+    splits = voc_sbd.split_ids(voc)
     assert splits["train"] == sorted(_read_ids(voc / "ImageSets/Segmentation/train.txt"))
     assert len(splits["train"]) == 1464 and len(splits["val"]) == 1449
 
@@ -494,7 +498,7 @@ def test_tool_with_a_list(roots, tmp_path):
 
 def test_converter_modules_import_no_tensorflow():
     # The worker processes import them: without TensorFlow each starts in a fraction of a second.
-    code = ("import sys, fcn8s_tf.convert, fcn8s_tf.convert_folders, fcn8s_tf.convert_voc; "
+    code = ("import sys, fcn8s_tf.convert, fcn8s_tf.convert.folders, fcn8s_tf.convert.voc_sbd; "
             "print([m for m in ('tensorflow', 'keras') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=120)

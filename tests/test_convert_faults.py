@@ -21,7 +21,11 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf import convert, convert_publish, convert_recover, demo_data, records
+from fcn8s_tf import demo_data, records
+from fcn8s_tf.convert import convert
+from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.convert import publish as convert_publish
+from fcn8s_tf.convert import recover as convert_recover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_tfrecords.py"
@@ -38,7 +42,8 @@ FIRST_TRAIN_ID = "demo_000000"  # the first train id in sorted order, its image 
 WRAPPER = """
 import os, signal, sys, time
 if __name__ == "__main__":  # spawned workers import this file again, as __mp_main__
-    from fcn8s_tf import convert_publish, convert_recover
+    from fcn8s_tf.convert import publish as convert_publish
+    from fcn8s_tf.convert import recover as convert_recover
     kill_at = int(os.environ.get("KILL_AT_STEP", 0))
     if kill_at:
         output_dir, steps = os.path.realpath(os.environ["OUTPUT_DIR"]), [0]
@@ -114,7 +119,7 @@ def _snapshot(directory: Path) -> dict:
             result[entry.name] = ("symlink", os.readlink(entry))
         elif entry.is_dir():
             result[entry.name] = sorted(p.name for p in entry.iterdir())
-        elif entry.name == convert.MANIFEST_NAME:
+        elif entry.name == convert_layout.MANIFEST_NAME:
             manifest = json.loads(entry.read_text())
             manifest.pop("created")
             result[entry.name] = manifest
@@ -220,13 +225,13 @@ def test_sigkill_during_the_commit_leaves_a_whole_set(tmp_path, roots, old_and_n
         assert seen == new
     else:
         # Mid-move in the fallback mode: readers refuse the folder, and say what to do.
-        assert convert.REPLACING_NAME in seen
+        assert convert_layout.REPLACING_NAME in seen
         with pytest.raises(records.DataError, match="did not finish.*make_tfrecords.py"):
-            records.list_files(convert.shard_pattern(output_dir, "train"))
+            records.list_files(convert_layout.shard_pattern(output_dir, "train"))
     for split in ("train", "val"):  # every reader of a complete set gets the manifest's counts
         if expected != "journal":
-            manifest = seen[convert.MANIFEST_NAME]["splits"][split]
-            assert records.count_examples(convert.shard_pattern(output_dir, split)) == \
+            manifest = seen[convert_layout.MANIFEST_NAME]["splits"][split]
+            assert records.count_examples(convert_layout.shard_pattern(output_dir, split)) == \
                 manifest["num_examples"]
 
     # The next run starts by finishing (or undoing) it.
@@ -271,7 +276,7 @@ def test_overwrite_refuses_to_replace_a_file_it_did_not_write(roots, tmp_path):
     output_dir = tmp_path / "records"
     output_dir.mkdir()
     (output_dir / "train-00001-of-00002.tfrecord").write_bytes(b"not the converter's")
-    with pytest.raises(convert.ConversionError,
+    with pytest.raises(convert_layout.ConversionError,
                        match=r"holds train-00001-of-00002.tfrecord, which this conversion would "
                              r"write, but no manifest.json there lists"):
         _convert(roots, output_dir, NEW_SHARDS, overwrite=True)
@@ -287,7 +292,7 @@ def test_output_dir_that_is_a_symlink_stays_one(roots, tmp_path):
     _convert(roots, link, OLD_SHARDS)
     _convert(roots, link, NEW_SHARDS, overwrite=True)
     assert link.is_symlink() and os.readlink(link) == str(real)
-    assert records.count_examples(convert.shard_pattern(link, "train")) == 8
+    assert records.count_examples(convert_layout.shard_pattern(link, "train")) == 8
     assert sorted(p.name for p in real.glob("*.tfrecord")) == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
         "val-00000-of-00001.tfrecord"]
@@ -299,7 +304,7 @@ def test_a_second_converter_on_a_folder_in_use_fails(roots, tmp_path):
     output_dir.mkdir()
     held = convert_recover.lock(output_dir)  # what a running converter holds
     try:
-        with pytest.raises(convert.ConversionError, match="another make_tfrecords is writing"):
+        with pytest.raises(convert_layout.ConversionError, match="another make_tfrecords is writing"):
             _convert(roots, output_dir, NEW_SHARDS)
     finally:
         convert_recover.unlock(held)
@@ -419,7 +424,7 @@ def test_sigkill_of_the_converter_kills_its_workers(tmp_path, roots, blocking_im
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=_env())
     assert result.returncode == 0, result.stderr
     assert _temporary_folders(output_dir) == []
-    assert records.count_examples(convert.shard_pattern(output_dir, "train")) == 8
+    assert records.count_examples(convert_layout.shard_pattern(output_dir, "train")) == 8
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to the converter", "Ctrl-C to its process group"])

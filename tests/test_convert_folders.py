@@ -17,9 +17,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import convert, convert_folders, input_pipeline
+from fcn8s_tf import input_pipeline
+from fcn8s_tf.convert import convert
+from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.convert import folders as convert_folders
 from fcn8s_tf.convert import ConversionError
-from fcn8s_tf.voc import VOC_PALETTE
+from fcn8s_tf.class_info import VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [("background", (0, 0, 0)), ("cat", (200, 30, 30)), ("dog", (30, 30, 200))]
@@ -113,7 +116,7 @@ def _convert(root: Path, output_dir: Path, **kwargs):
 
 def _read_back(output_dir: Path, split: str):
     """{id: (image, label)} through the training input pipeline's eval reader."""
-    dataset = input_pipeline.eval_dataset(convert.shard_pattern(output_dir, split),
+    dataset = input_pipeline.eval_dataset(convert_layout.shard_pattern(output_dir, split),
                                           num_classes=len(CLASSES))
     return {name.decode(): (image, label[..., 0])
             for image, label, name in dataset.as_numpy_iterator()}
@@ -207,7 +210,7 @@ def test_other_image_kinds_are_kept_exactly(tmp_path, mode):
 def test_training_input_reads_png_and_jpeg_records(tmp_path):
     _make(tmp_path / "data")
     _convert(tmp_path / "data", tmp_path / "out", splits={"train": 1.0}, **_kwargs("rgb"))
-    dataset = input_pipeline.train_dataset(convert.shard_pattern(tmp_path / "out", "train"), 8,
+    dataset = input_pipeline.train_dataset(convert_layout.shard_pattern(tmp_path / "out", "train"), 8,
                                            base_size=(6, 8), seed=0, num_classes=len(CLASSES))
     images, labels = next(iter(dataset))[:2]
     assert images.shape == (8, 6, 8, 3) and labels.shape == (8, 6, 8, 1)
@@ -457,9 +460,9 @@ def test_flag_errors(tmp_path, kwargs, expected):
 ])
 def test_splits_flag_errors(text, expected):
     with pytest.raises(ConversionError, match=f"--splits={text}.*"):
-        convert.parse_splits(text)
+        convert_folders.parse_splits(text)
     with pytest.raises(ConversionError) as error:
-        convert.parse_splits(text)
+        convert_folders.parse_splits(text)
     assert expected in str(error.value)
 
 

@@ -13,8 +13,10 @@ import pytest
 import tensorflow as tf
 
 import record_utils
-from fcn8s_tf import convert, input_pipeline, records
-from fcn8s_tf.voc import VOC_CLASSES, VOC_PALETTE
+from fcn8s_tf import input_pipeline, records
+from fcn8s_tf.convert import convert
+from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 NUM_CLASSES = 3
 NUM_EXAMPLES, NUM_SHARDS = 12, 3
@@ -99,7 +101,7 @@ def test_shard_cut_at_a_record_boundary_disagrees_with_the_manifest(tmp_path, de
     shard = demo_output / "train-00001-of-00002.tfrecord"
     offsets = records.record_offsets(str(shard))
     record_utils.truncate(shard, os.path.getsize(shard) - offsets[-1])
-    pattern = convert.shard_pattern(demo_output, "train")
+    pattern = convert_layout.shard_pattern(demo_output, "train")
     with pytest.raises(records.DataError) as error:
         records.count_examples(pattern)
     assert _one_line(error) == (
@@ -120,8 +122,8 @@ def demo_output(tmp_path):
 
 
 def test_count_examples_of_a_converted_folder(demo_output, tmp_path):
-    assert records.count_examples(convert.shard_pattern(demo_output, "train")) == 8
-    assert records.count_examples(convert.shard_pattern(demo_output, "val")) == 3
+    assert records.count_examples(convert_layout.shard_pattern(demo_output, "train")) == 8
+    assert records.count_examples(convert_layout.shard_pattern(demo_output, "val")) == 3
     # Any glob, across folders too.
     _write(tmp_path / "more")
     assert records.count_examples(str(tmp_path / "*" / "train-*.tfrecord")) == 8 + NUM_EXAMPLES
@@ -135,9 +137,9 @@ def test_count_examples_of_remote_files_uses_the_manifest(tmp_path):
         with tf.io.TFRecordWriter(f"{folder}/{name}") as writer:
             for _ in range(count):
                 writer.write(b"x")
-    pattern = convert.shard_pattern(folder, "train")
+    pattern = convert_layout.shard_pattern(folder, "train")
     assert records.count_examples(pattern) == 5  # read, no manifest
-    with tf.io.gfile.GFile(f"{folder}/{convert.MANIFEST_NAME}", "w") as f:
+    with tf.io.gfile.GFile(f"{folder}/{convert_layout.MANIFEST_NAME}", "w") as f:
         json.dump({"splits": {"train": {"shards": [
             {"file": "train-00000-of-00002.tfrecord", "count": 30}]}}}, f)
     assert records.count_examples(pattern) == 30 + 2  # the manifest where it lists the file
@@ -145,14 +147,14 @@ def test_count_examples_of_remote_files_uses_the_manifest(tmp_path):
 
 def test_folder_mid_replacement_is_refused(tmp_path):
     pattern, _ = _write(tmp_path)
-    (tmp_path / convert.REPLACING_NAME).write_text("{}")
+    (tmp_path / convert_layout.REPLACING_NAME).write_text("{}")
     with pytest.raises(records.DataError) as error:
         _train(pattern)
     assert "the converter was replacing these records and did not finish" in _one_line(error)
 
 
 def test_manifest_that_does_not_parse(tmp_path):
-    (tmp_path / convert.MANIFEST_NAME).write_text('{"splits": ')
+    (tmp_path / convert_layout.MANIFEST_NAME).write_text('{"splits": ')
     with pytest.raises(records.DataError, match="manifest.json does not parse as JSON"):
         records.read_manifest(str(tmp_path))
     pattern, _ = _write(tmp_path)  # the shards themselves are still read
@@ -249,17 +251,17 @@ VOC_ENTRY = {"names": list(VOC_CLASSES), "palette": VOC_PALETTE[:21].tolist(), "
 
 
 def test_read_classes_of_a_converted_folder(demo_output, tmp_path):
-    assert records.read_classes(convert.shard_pattern(demo_output, "train")) == VOC_ENTRY
-    assert records.read_classes(convert.shard_pattern(demo_output, "val")) == VOC_ENTRY
+    assert records.read_classes(convert_layout.shard_pattern(demo_output, "train")) == VOC_ENTRY
+    assert records.read_classes(convert_layout.shard_pattern(demo_output, "val")) == VOC_ENTRY
     # A wildcard in the folder part: the manifests of the folders with matching files.
     assert records.read_classes(str(demo_output.parent / "rec*" / "train-*.tfrecord")) == \
         VOC_ENTRY
     pattern, _ = _write(tmp_path / "bare")
     assert records.read_classes(pattern) is None  # no manifest
-    (tmp_path / "bare" / convert.MANIFEST_NAME).write_text('{"splits": {}}')
+    (tmp_path / "bare" / convert_layout.MANIFEST_NAME).write_text('{"splits": {}}')
     assert records.read_classes(pattern) is None  # a manifest without classes
     # What converter versions before the class metadata wrote: VOC's names, a top-level ignore.
-    (tmp_path / "bare" / convert.MANIFEST_NAME).write_text(
+    (tmp_path / "bare" / convert_layout.MANIFEST_NAME).write_text(
         json.dumps({"classes": list(VOC_CLASSES), "ignore_label": 255}))
     assert records.read_classes(pattern) == VOC_ENTRY
 
@@ -278,17 +280,17 @@ def test_read_classes_of_a_converted_folder(demo_output, tmp_path):
 ])
 def test_read_classes_refuses_a_malformed_manifest(tmp_path, classes, expected):
     pattern, _ = _write(tmp_path)
-    (tmp_path / convert.MANIFEST_NAME).write_text(json.dumps({"classes": classes}))
+    (tmp_path / convert_layout.MANIFEST_NAME).write_text(json.dumps({"classes": classes}))
     with pytest.raises(records.DataError) as error:
         records.read_classes(pattern)
     message = _one_line(error)
-    assert message.startswith(f"{tmp_path / convert.MANIFEST_NAME}: ") and expected in message
+    assert message.startswith(f"{tmp_path / convert_layout.MANIFEST_NAME}: ") and expected in message
 
 
 def test_read_classes_of_folders_that_disagree(tmp_path):
     for name, names in [("a", ["x", "y"]), ("b", ["x", "z"])]:
         _write(tmp_path / name)
-        (tmp_path / name / convert.MANIFEST_NAME).write_text(json.dumps({"classes": {
+        (tmp_path / name / convert_layout.MANIFEST_NAME).write_text(json.dumps({"classes": {
             "names": names, "palette": [[0, 0, 0], [1, 1, 1]], "ignore_label": 255}}))
     with pytest.raises(records.DataError, match="disagree on the classes"):
         records.read_classes(str(tmp_path / "*" / "train-*.tfrecord"))

@@ -22,7 +22,7 @@ from fcn8s_tf import model as model_lib
 from fcn8s_tf import records
 from fcn8s_tf import serving
 from fcn8s_tf import workdir as workdir_lib
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
 # pytest puts tests/ on the path: the hand-worked metric example, the folders dataset maker.
 from test_metrics import LABELS, PREDICTIONS
 import test_convert_folders as folders_data

@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 import record_utils
-from fcn8s_tf import convert, input_pipeline
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES
+from fcn8s_tf import input_pipeline
+from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 NUM_EXAMPLES = 12
 NUM_SHARDS = 3
@@ -47,7 +48,7 @@ def _write_shards(directory, split="train", num_shards=NUM_SHARDS, constant=True
 
     Returns the pattern and {name: (image, label, image bytes, format, shard index)}.
     """
-    bounds = convert.shard_bounds(NUM_EXAMPLES, num_shards)
+    bounds = convert_layout.shard_bounds(NUM_EXAMPLES, num_shards)
     items, examples = [], {}
     for k in range(NUM_EXAMPLES):
         image, label = _make_example(k, constant)

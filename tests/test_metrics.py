@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from fcn8s_tf import metrics
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 # Ten pixels, three classes, two of them void (255):
 #

@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import predict
-from fcn8s_tf.voc import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON = 15

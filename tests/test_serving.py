@@ -12,7 +12,6 @@ Exports come from the three places users get them: training (the eval twin), the
 
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap

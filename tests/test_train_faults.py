@@ -7,7 +7,6 @@ on 2 cores (Caffe's pad 100 makes even a 32x32 crop a 232x232 input to conv1_1).
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -10,7 +10,7 @@ Your own data: a folder of images, a folder of <id>.png masks, and a classes fil
     python tools/make_tfrecords.py --format=folders --images=DIR --masks=DIR \
         --classes=classes.txt --splits=train:0.9,val:0.1 --output_dir=data/mine
 
-The conversion itself lives in fcn8s_tf/convert.py; this file only reads flags and decides how the
+The conversion itself lives in fcn8s_tf/convert/; this file only reads flags and decides how the
 process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
 conversion like Ctrl-C does, with the workers stopped and the temporary files removed.
 """
@@ -28,7 +28,11 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from fcn8s_tf import convert  # noqa: E402
+from fcn8s_tf.convert import convert  # noqa: E402
+
+from fcn8s_tf.convert import folders as convert_folders
+
+from fcn8s_tf.convert import layout as convert_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: PASCAL VOC 2012 (+ SBD) in their "
@@ -84,11 +88,11 @@ def _check_format_flags() -> None:
     for other, names in _FORMAT_FLAGS.items():
         given = [f"--{name}" for name in names if other != FLAGS.format and FLAGS[name].present]
         if given:
-            raise convert.ConversionError(f"{', '.join(given)}: only with --format={other} "
+            raise convert_layout.ConversionError(f"{', '.join(given)}: only with --format={other} "
                                           f"(this is --format={FLAGS.format}).")
     missing = [f"--{name}" for name in _REQUIRED[FLAGS.format] if FLAGS[name].value is None]
     if missing:
-        raise convert.ConversionError(f"--format={FLAGS.format} needs {', '.join(missing)}.")
+        raise convert_layout.ConversionError(f"--format={FLAGS.format} needs {', '.join(missing)}.")
 
 
 def _convert() -> dict:
@@ -102,9 +106,9 @@ def _convert() -> dict:
                                              ("val", FLAGS.val_list)) if path}
     return convert.convert_folders(
         FLAGS.images, FLAGS.masks, FLAGS.classes, FLAGS.output_dir,
-        splits=convert.parse_splits(FLAGS.splits) if FLAGS.splits else None, lists=lists or None,
+        splits=convert_folders.parse_splits(FLAGS.splits) if FLAGS.splits else None, lists=lists or None,
         seed=FLAGS.seed, ignore_value=FLAGS.ignore_value,
-        ignore_color=(convert.parse_colour(FLAGS.ignore_color, "--ignore_color")
+        ignore_color=(convert_folders.parse_colour(FLAGS.ignore_color, "--ignore_color")
                       if FLAGS.ignore_color else None), **common)
 
 
@@ -113,7 +117,7 @@ def main(argv):
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         manifest = _convert()
-    except convert.ConversionError as e:
+    except convert_layout.ConversionError as e:
         print(f"make_tfrecords: error: {e}", file=sys.stderr)
         return 1
     except (convert.Interrupted, KeyboardInterrupt) as e:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fcn8s_tf import demo_data
-from fcn8s_tf import voc
+from fcn8s_tf import class_info
 
 # (height, width) cycled through: the most common VOC 2012 sizes, landscape first (the inference
 # image is the first pair of 375x500).
@@ -45,7 +45,7 @@ def _palette_png(label: np.ndarray) -> bytes:
     """A VOC label file: 8-bit palette PNG of class indices with the VOC colour map."""
     height, width = label.shape
     image = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
-    image.putpalette(voc.VOC_PALETTE.tobytes())
+    image.putpalette(class_info.VOC_PALETTE.tobytes())
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()

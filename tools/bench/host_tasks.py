@@ -16,7 +16,9 @@ import tensorflow as tf
 from bench import data
 from bench.settings import VOC_SBD_IMAGES
 from fcn8s_tf import augment as augment_lib
-from fcn8s_tf import convert
+from fcn8s_tf.convert import convert
+from fcn8s_tf.convert import examples as convert_examples
+from fcn8s_tf.convert import layout as convert_layout
 from fcn8s_tf import input_pipeline
 from fcn8s_tf import records
 
@@ -97,7 +99,7 @@ def write_sample_records(voc_root: str, output_dir: str, num_records: int,
                          num_shards: int = 4) -> str:
     """Writes num_records train records cycling through voc_root's JPEG/label pairs; returns the
     glob of the shards. JPEG bytes go in unchanged and the label as a single-channel PNG, as the
-    converter writes them, in the converter's folder layout (convert.shard_name)."""
+    converter writes them, in the converter's folder layout (convert_layout.shard_name)."""
     label_dir = os.path.join(voc_root, "SegmentationClass")
     ids = sorted(name[:-4] for name in os.listdir(label_dir) if name.endswith(".png"))
     if not ids:
@@ -107,8 +109,8 @@ def write_sample_records(voc_root: str, output_dir: str, num_records: int,
         with open(os.path.join(voc_root, "JPEGImages", example_id + ".jpg"), "rb") as f:
             jpeg = f.read()
         label = np.asarray(Image.open(os.path.join(label_dir, example_id + ".png")))  # palette idx
-        pairs.append((jpeg, convert.encode_label_png(label), label.shape, example_id))
-    writers = [tf.io.TFRecordWriter(os.path.join(output_dir, convert.shard_name(
+        pairs.append((jpeg, convert_examples.encode_label_png(label), label.shape, example_id))
+    writers = [tf.io.TFRecordWriter(os.path.join(output_dir, convert_layout.shard_name(
         "train", shard, num_shards))) for shard in range(num_shards)]
     for index in range(num_records):
         jpeg, png, (height, width), example_id = pairs[index % len(pairs)]
@@ -116,7 +118,7 @@ def write_sample_records(voc_root: str, output_dir: str, num_records: int,
             records.encode_example(jpeg, png, height, width, f"{example_id}_{index}"))
     for writer in writers:
         writer.close()
-    return convert.shard_pattern(output_dir, "train")
+    return convert_layout.shard_pattern(output_dir, "train")
 
 
 def time_pipeline(file_pattern: str, batch_size: int, num_batches: int, warmup_batches: int,

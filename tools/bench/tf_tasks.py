@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from bench import flops as flops_lib
 from bench import protocol
-from bench.settings import IGNORE_LABEL
+from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
 from fcn8s_tf import config as config_lib
 from fcn8s_tf import distribute
 from fcn8s_tf import export as export_lib

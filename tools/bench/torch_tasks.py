@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from bench import torch_fcn8s
-from bench.settings import IGNORE_LABEL
+from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
 
 PRECISIONS = ("float32", "bf16_autocast")
 

@@ -3,7 +3,7 @@
     <output_dir>/<split>-NNNNN-of-NNNNN.tfrecord   the records (fcn8s_tf.records owns their keys)
     <output_dir>/manifest.json                     splits, shards and their counts, classes
     <output_dir>/.make_tfrecords-replacing.json    only while a fallback-mode replacement runs,
-                                                   or after a kill during one (convert_publish)
+                                                   or after a kill during one (publish)
 
 The manifest's class metadata, the contract the training side reads (records.read_classes):
     "classes": {"names": [...], "palette": [[r, g, b], ...], "ignore_label": 255}
@@ -19,6 +19,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only: fine in the workers
+
 PathLike = Union[str, os.PathLike]
 
 MANIFEST_NAME = "manifest.json"
@@ -27,8 +29,7 @@ MANIFEST_NAME = "manifest.json"
 REPLACING_NAME = ".make_tfrecords-replacing.json"
 SHARD_SUFFIX = ".tfrecord"
 # The void value of every label the converter writes, whatever the source used (VOC's is 255).
-RECORD_IGNORE_LABEL = 255
-MAX_CLASSES = RECORD_IGNORE_LABEL  # class ids 0..254: a single-channel uint8 PNG, 255 kept void
+MAX_CLASSES = IGNORE_LABEL  # class ids 0..254: a single-channel uint8 PNG, 255 kept void
 _MAX_NAMES_SHOWN = 5
 # No "-": the glob val-*-of-* must not match the shards of a split named val-hard.
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -86,7 +87,7 @@ def manifest_files(manifest: dict) -> Dict[str, int]:
 def classes_entry(names: Sequence[str], palette: Sequence[Sequence[int]]) -> dict:
     """The manifest's "classes" value for these class names and their colours."""
     return {"names": list(names), "palette": [[int(c) for c in colour] for colour in palette],
-            "ignore_label": RECORD_IGNORE_LABEL}
+            "ignore_label": IGNORE_LABEL}
 
 
 def classes_problem(entry) -> Optional[str]:

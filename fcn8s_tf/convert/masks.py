@@ -1,12 +1,12 @@
 """Masks -> class ids: single-channel masks of ids, or colour masks mapped through class colours.
 
-Used by the folders source (convert_folders) in the worker processes: no TensorFlow here.
+Used by the folders source (folders) in the worker processes: no TensorFlow here.
   - Single-channel masks (8-, 16- or 1-bit grayscale) hold class ids; MaskRules.ignore_value is
     void. A palette PNG is read the same way, by its indices, when the classes have no colours.
   - Colour masks (RGB, or a palette PNG read by its palette's colours when the classes have
     colours) map each colour to the class of that colour; MaskRules.ignore_colour is void.
 Anything else (a value or colour of no class, a lossy or transparent mask) is an error naming
-the file. The result holds void as 255 (RECORD_IGNORE_LABEL), whatever the mask used.
+the file. The result holds void as 255 (class_info.IGNORE_LABEL), whatever the mask used.
 """
 
 import dataclasses
@@ -15,8 +15,9 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from fcn8s_tf.convert_examples import check_label_values, label_histogram
-from fcn8s_tf.convert_layout import RECORD_IGNORE_LABEL, ConversionError
+from fcn8s_tf.class_info import IGNORE_LABEL
+from fcn8s_tf.convert.examples import check_label_values, label_histogram
+from fcn8s_tf.convert.layout import ConversionError
 
 Colour = Tuple[int, int, int]
 _ID_MODES = ("L", "1", "I;16", "I;16B", "I")  # single-channel masks: the values are class ids
@@ -42,7 +43,7 @@ def _ids_of_colours(packed: np.ndarray, rules: MaskRules, path: str) -> np.ndarr
     """The class id (or 255, void) of each packed colour; unknown colours are an error."""
     lookup = {int(c): i for i, c in enumerate(_pack(np.array(rules.colours, np.uint8)))}
     if rules.ignore_colour is not None:
-        lookup[int(_pack(np.array(rules.ignore_colour, np.uint8)))] = RECORD_IGNORE_LABEL
+        lookup[int(_pack(np.array(rules.ignore_colour, np.uint8)))] = IGNORE_LABEL
     unknown = [int(c) for c in packed if int(c) not in lookup]
     if unknown:
         shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:8])
@@ -104,5 +105,5 @@ def read_mask(path: str, rules: MaskRules) -> np.ndarray:
                else np.unique(values))
     check_label_values(present, rules.num_classes, rules.ignore_value, path, what="mask")
     lut = np.arange(256, dtype=np.uint8)
-    lut[rules.ignore_value] = RECORD_IGNORE_LABEL
+    lut[rules.ignore_value] = IGNORE_LABEL
     return lut[values]

@@ -16,7 +16,7 @@ same files and seed give the same split; adding files changes it), or --train_li
 each split's ids (one a line, as VOC's lists; files not listed are not converted).
 
 Sizes are compared as stored: EXIF orientation is not applied (TensorFlow's decoders ignore it).
-prepare_example runs in the worker processes (with convert_masks): no TensorFlow here.
+prepare_example runs in the worker processes (with masks): no TensorFlow here.
 """
 
 import dataclasses
@@ -28,12 +28,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fcn8s_tf.convert_examples import (Classes, Plan, PreparedExample, finish_example,
+from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
+from fcn8s_tf.convert.examples import (Classes, Plan, PreparedExample, finish_example,
                                        label_histogram, read_id_list, read_image)
-from fcn8s_tf.convert_layout import (MAX_CLASSES, RECORD_IGNORE_LABEL, ConversionError,
+from fcn8s_tf.convert.layout import (MAX_CLASSES, ConversionError,
                                      PathLike, check_split_name, format_names)
-from fcn8s_tf.convert_masks import Colour, MaskRules, read_mask
-from fcn8s_tf.voc import VOC_PALETTE
+from fcn8s_tf.convert.masks import Colour, MaskRules, read_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_SUFFIX = ".png"
@@ -248,7 +248,7 @@ def _split_ids(images: Dict[str, Path], masks: Dict[str, Path], fractions: Dict[
 
 def plan(images: PathLike, masks: PathLike, classes_file: PathLike, *,
          splits: Optional[Dict[str, float]] = None, lists: Optional[Dict[str, PathLike]] = None,
-         seed: int = 0, ignore_value: int = RECORD_IGNORE_LABEL,
+         seed: int = 0, ignore_value: int = IGNORE_LABEL,
          ignore_color: Optional[Colour] = None) -> Plan:
     """The whole conversion of an images folder and a masks folder; nothing read but listings.
 

@@ -20,13 +20,14 @@ output_dir a new inode: a bind mount of output_dir itself (docker run -v data/tf
 keeps showing the old, emptied folder; mount its parent instead.
 
 _exchange is a module attribute on purpose: tests/test_convert_faults.py replaces it to take
-RENAME_EXCHANGE away (and convert_recover._reached to stop the process at a named step).
+RENAME_EXCHANGE away (and recover._reached to stop the process at a named step).
 """
 
 import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -35,10 +36,10 @@ import threading
 from pathlib import Path
 from typing import Callable, List, Optional, Set
 
-from fcn8s_tf import convert_recover as _recover
-from fcn8s_tf.convert_layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_SUFFIX,
+from fcn8s_tf.convert import recover as _recover
+from fcn8s_tf.convert.layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_SUFFIX,
                                      ConversionError, format_names)
-from fcn8s_tf.convert_recover import (TMP_PREFIX, empty_leftover, fsync, is_own_tmp, lock, owned,
+from fcn8s_tf.convert.recover import (TMP_PREFIX, empty_leftover, fsync, is_own_tmp, lock, owned,
                                       roll_forward, same_file, sibling_prefix, unlock, write_json)
 
 _AT_FDCWD = -100

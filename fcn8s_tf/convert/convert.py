@@ -10,17 +10,17 @@ PNG-encoded) in `num_workers` spawned processes; the parent serialises them and 
 the shards in id order, then writes the manifest (class names, palette, void label, pixels per
 class of each split) and puts the set in place, whole or not at all.
 
-    convert_layout    shard and manifest names, the manifest's class metadata, ConversionError
-    convert_examples  the Plan; one example read, checked, encoded (images kept or re-encoded)
-    convert_voc       the VOC + SBD source: ids, splits, VOC/SBD files
-    convert_folders   the folders source: classes file, pairing, seeded or listed splits
-    convert_masks     a mask as class ids: ids, or colours through the classes' colours
-    convert_workers   worker processes that die with the converter
-    convert_publish   the commit: a new set swapped in atomically, or moved in behind a journal
-    convert_recover   the lock, and finishing or undoing what an interrupted run left
+    layout            shard and manifest names, the manifest's class metadata, ConversionError
+    examples          the Plan; one example read, checked, encoded (images kept or re-encoded)
+    voc_sbd           the VOC + SBD source: ids, splits, VOC/SBD files
+    folders           the folders source: classes file, pairing, seeded or listed splits
+    masks             a mask as class ids: ids, or colours through the classes' colours
+    workers           worker processes that die with the converter
+    publish           the commit: a new set swapped in atomically, or moved in behind a journal
+    recover           the lock, and finishing or undoing what an interrupted run left
 
-This module keeps the names readers and tools have always imported from it (shard_name,
-MANIFEST_NAME, ...). Nothing in the converter imports TensorFlow at module level: the worker
+Each of those names is imported from its own module (fcn8s_tf.convert.layout.shard_name, ...);
+this one re-exports none. Nothing in the converter imports TensorFlow at module level: the worker
 processes import these modules, and without TensorFlow each starts in a fraction of a second.
 Only tools/make_tfrecords.py reads flags; error messages name the flags because that is where a
 user fixes them.
@@ -38,18 +38,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, TextIO, Tuple
 import numpy as np
 
 import fcn8s_tf
-from fcn8s_tf import convert_folders as folders_source
-from fcn8s_tf import convert_voc as voc_source
-from fcn8s_tf.convert_examples import (Plan, PreparedExample, class_pixels,  # noqa: F401
-                                       count_values, encode_label_png)
-from fcn8s_tf.convert_folders import parse_colour, parse_splits  # noqa: F401
-from fcn8s_tf.convert_layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_SUFFIX,  # noqa: F401
-                                     ConversionError, PathLike, format_names, manifest_files,
-                                     shard_bounds, shard_name, shard_pattern)
-from fcn8s_tf.convert_publish import Staging, check_writable, existing_outputs, signals_deferred
-from fcn8s_tf.convert_recover import fsync, owned, recover, take, unlock, write_json
-from fcn8s_tf.convert_voc import split_ids, split_list_files  # noqa: F401
-from fcn8s_tf.convert_workers import map_in_order, start_workers, stop_workers
+from fcn8s_tf.convert import folders as folders_source
+from fcn8s_tf.convert import voc_sbd as voc_source
+from fcn8s_tf.convert.examples import Plan, PreparedExample, class_pixels, count_values
+from fcn8s_tf.convert.layout import (MANIFEST_NAME, ConversionError, PathLike, format_names,
+                                     shard_bounds, shard_name)
+from fcn8s_tf.convert.publish import Staging, check_writable, existing_outputs, signals_deferred
+from fcn8s_tf.convert.recover import fsync, owned, recover, take, unlock, write_json
+from fcn8s_tf.convert.workers import map_in_order, start_workers, stop_workers
 
 DEFAULT_NUM_SHARDS = {"train": 16, "val": 4}  # a split other than these two gets val's count
 _SHARD_FLAGS = {"train": "--train_shards"}  # every other split's count: --val_shards
@@ -94,7 +90,7 @@ def convert(voc_root: PathLike, sbd_root: Optional[PathLike], output_dir: PathLi
     Returns:
       The manifest (also written to output_dir/manifest.json).
     Raises:
-      ConversionError: bad input (see convert_voc), output_dir not writable or in use by another
+      ConversionError: bad input (see voc_sbd), output_dir not writable or in use by another
         converter; output_dir is left as it was.
       Interrupted, KeyboardInterrupt: as raised by the signal handlers; the workers are stopped
         and the temporary files removed first.
@@ -343,7 +339,7 @@ def write(make_plan: Callable[[], Plan], output_dir: PathLike, *,
                                   f"({e.strerror}).") from None
         manifest = _write_all(plan, shards, staging, num_workers, progress_stream)
 
-        # Stage 4: put the set in place (see convert_publish); signals wait for it.
+        # Stage 4: put the set in place (see publish); signals wait for it.
         with signals_deferred():
             staging.commit(old_owned, planned)
             staging, committed = None, True

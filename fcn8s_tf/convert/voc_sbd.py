@@ -19,11 +19,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from fcn8s_tf.convert_examples import (Classes, Plan, PreparedExample, check_label_values,
+from fcn8s_tf.convert.examples import (Classes, Plan, PreparedExample, check_label_values,
                                        count_values, finish_example, label_histogram, read_id_list,
                                        read_jpeg)
-from fcn8s_tf.convert_layout import ConversionError, check_split_name, format_names
-from fcn8s_tf.voc import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
+from fcn8s_tf.convert.layout import ConversionError, check_split_name, format_names
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
 
 PathLike = Union[str, os.PathLike]
 

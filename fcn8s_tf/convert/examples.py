@@ -1,7 +1,7 @@
 """What a source hands the converter (a Plan), and the work on one example: read, check, encode.
 
-A source (convert_voc, convert_folders) finds the examples and their classes and returns a Plan;
-fcn8s_tf.convert writes it. The functions here that touch one example run in the converter's
+A source (voc_sbd, folders) finds the examples and their classes and returns a Plan;
+convert.write writes it. The functions here that touch one example run in the converter's
 worker processes: no TensorFlow in this module or its imports.
 
 Each record holds the image bytes and the label re-encoded as a single-channel PNG of class
@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from fcn8s_tf.convert_layout import RECORD_IGNORE_LABEL, ConversionError, classes_entry
+from fcn8s_tf.class_info import IGNORE_LABEL
+from fcn8s_tf.convert.layout import ConversionError, classes_entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +204,7 @@ def finish_example(example_id: str, image_path: str, image: ImageRead, label_pat
     """Checks that image and label agree in size, and encodes the label: an example's last step.
 
     Args:
-      label: (H, W) uint8 class ids, RECORD_IGNORE_LABEL = void, values already checked.
+      label: (H, W) uint8 class ids, IGNORE_LABEL = void, values already checked.
       histogram: (256,) its value counts.
     """
     label_height, label_width = label.shape
@@ -218,7 +219,7 @@ def finish_example(example_id: str, image_path: str, image: ImageRead, label_pat
 def class_pixels(histogram: np.ndarray, num_classes: int) -> Dict[str, Any]:
     """A split's manifest fields for its label histogram: pixels per class, and void pixels."""
     return {"class_pixels": [int(n) for n in histogram[:num_classes]],
-            "ignore_pixels": int(histogram[RECORD_IGNORE_LABEL])}
+            "ignore_pixels": int(histogram[IGNORE_LABEL])}
 
 
 def count_values(values: Sequence[str]) -> Dict[str, int]:

@@ -1,12 +1,12 @@
 """The states a conversion can leave output_dir in, and recover(): from any of them to a whole set.
 
-What convert_publish builds on: the lock that keeps a second converter out, durable writes, the
+What publish builds on: the lock that keeps a second converter out, durable writes, the
 names of the temporary folders, and the two ways a replacement is finished or undone (emptying a
 swapped-out or unfinished folder; rolling a journal forward). recover() runs first in every
 conversion, so whatever a killed run left is finished or undone before anything else.
 
 _reached is a module attribute on purpose: tests/test_convert_faults.py replaces it to stop the
-process at a named step (here and in convert_publish).
+process at a named step (here and in publish).
 """
 
 import json
@@ -21,7 +21,7 @@ try:
 except ImportError:  # Windows: no lock there
     fcntl = None
 
-from fcn8s_tf.convert_layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
+from fcn8s_tf.convert.layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
                                      format_names, manifest_files)
 
 TMP_PREFIX = ".tmp-make_tfrecords-"

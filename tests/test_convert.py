@@ -23,7 +23,7 @@ from fcn8s_tf.convert import convert
 from fcn8s_tf.convert import examples as convert_examples
 
 from fcn8s_tf.convert import voc_sbd
-from fcn8s_tf.convert import ConversionError
+from fcn8s_tf.convert.layout import ConversionError
 from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

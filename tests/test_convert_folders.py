@@ -21,7 +21,7 @@ from fcn8s_tf import input_pipeline
 from fcn8s_tf.convert import convert
 from fcn8s_tf.convert import layout as convert_layout
 from fcn8s_tf.convert import folders as convert_folders
-from fcn8s_tf.convert import ConversionError
+from fcn8s_tf.convert.layout import ConversionError
 from fcn8s_tf.class_info import VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

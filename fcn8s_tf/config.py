@@ -9,9 +9,9 @@ these defaults; tests/test_config.py fails if a field has no flag or a flag no f
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from fcn8s_tf import augment
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import model as model_lib
+from fcn8s_tf.data import augment
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf import class_info
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -27,7 +27,7 @@ class TrainConfig:
     """Everything a run depends on; built from flags by train.main(), or directly by tests."""
     # --- data
     train_data: str                      # file pattern of the training TFRecords
-    workdir: str                         # run directory (fcn8s_tf/workdir.py)
+    workdir: str                         # run directory (fcn8s_tf/training/workdir.py)
     val_data: str = ""                   # file pattern of the validation TFRecords; "" = no eval
     base_size: int = input_pipeline.DEFAULT_BASE_SIZE[0]   # host resize, square
     crop_size: int = augment.DEFAULT_CROP_SIZE[0]          # on-device crop, square
@@ -112,7 +112,7 @@ def choose_precision(gpu_capabilities: Sequence[Tuple[int, int]],
     tensor cores run it at float16's rate without loss scaling; float16 with loss scaling on
     Volta/Turing (7.x); float32 on older GPUs. A CPU alone: bfloat16 only with native bf16 (AMX or
     AVX512_BF16), measured 1.85x (train step) and 5x (forward) faster than float32 on such a Xeon;
-    without it TF emulates bf16 and was 10-15x slower than float32 on a Zen 3 (DESIGN.md).
+    without it TF emulates bf16 and was 10-15x slower than float32 on a Zen 3 (docs/DESIGN.md).
     """
     if gpu_capabilities:
         lowest = min(gpu_capabilities)
@@ -165,7 +165,7 @@ def resolve_classes(config: TrainConfig) -> Tuple[TrainConfig, class_info.ClassI
         list different classes.
       records.DataError: a malformed manifest.
     """
-    from fcn8s_tf import records  # pylint: disable=import-outside-toplevel
+    from fcn8s_tf.data import records  # pylint: disable=import-outside-toplevel
     found = records.read_classes(config.train_data)
     if found is None:
         info = class_info.ClassInfo.default(config.num_classes or class_info.NUM_CLASSES)

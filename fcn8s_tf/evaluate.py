@@ -32,14 +32,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from fcn8s_tf.convert import layout as convert_layout
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import metrics
+from fcn8s_tf.data.convert import layout as convert_layout
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.evaluation import metrics
 from fcn8s_tf import predict as predict_lib
-from fcn8s_tf import records
-from fcn8s_tf import serving
+from fcn8s_tf.data import records
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import class_info
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.training import workdir as workdir_lib
 
 # uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
 PredictFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
@@ -50,7 +50,7 @@ Hook = Callable[[int, tf.Tensor, tf.Tensor, Dict[str, tf.Tensor], str], None]
 # ------------------------------------------------------------------------------------- models --
 def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
     """The predict function of an in-memory Keras FCN-8s (one trace, any image size)."""
-    from fcn8s_tf import model as model_lib  # Keras only when a Keras model is evaluated
+    from fcn8s_tf.model import fcn8s as model_lib  # Keras only when a Keras model is evaluated
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def predict_fn(image):

@@ -4,7 +4,7 @@
         [--max_image_pixels=4194304] [--max_output_bytes=536870912] [--precision=auto]
 
 What the export contains (signatures, limits, the warmup file) is the serving contract, owned by
-fcn8s_tf/serving.py; this module turns a trained model into such an export, atomically.
+fcn8s_tf/serving/contract.py; this module turns a trained model into such an export, atomically.
 """
 
 import os
@@ -20,10 +20,10 @@ import keras
 import tensorflow as tf
 
 from fcn8s_tf import config as config_lib
-from fcn8s_tf import model as model_lib
-from fcn8s_tf import serving
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import class_info
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.training import workdir as workdir_lib
 
 
 TMP_PREFIX = ".tmp-"  # an export being written: <base>/.tmp-<version>-p<pid>-<time>

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from fcn8s_tf import serving
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE, ClassInfo
 
 SIGNATURE = serving.SIGNATURE_DEFAULT

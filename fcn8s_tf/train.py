@@ -1,7 +1,7 @@
 """Training: `python -m fcn8s_tf.train --flagfile=configs/voc_fcn8s.flags`.
 
 One code path for one CPU, one GPU, MirroredStrategy over the local GPUs and
-MultiWorkerMirroredStrategy from TF_CONFIG. A custom loop (not `model.fit`, see DESIGN.md):
+MultiWorkerMirroredStrategy from TF_CONFIG. A custom loop (not `model.fit`, see docs/DESIGN.md):
 
     input (host, tf.data) -> per replica: augment on the device, forward, masked CE sum and valid
     count -> gradients of (replica loss sum / GLOBAL valid count), summed over replicas by the
@@ -26,17 +26,17 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from fcn8s_tf import augment
+from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
-from fcn8s_tf import distribute
+from fcn8s_tf.training import distribute
 from fcn8s_tf import evaluate as evaluate_lib
 from fcn8s_tf import export as export_lib
 from fcn8s_tf import flags as flags_lib
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import model as model_lib
-from fcn8s_tf import records
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.data import records
 from fcn8s_tf import class_info
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.training import workdir as workdir_lib
 from fcn8s_tf.config import TrainConfig
 
 
@@ -148,7 +148,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
             logits = model(images, training=True)
             loss_sum, _ = masked_cross_entropy(logits, labels)
             # Dividing by the GLOBAL count, then summing gradients over replicas, gives exactly the
-            # gradient of the mean over every valid pixel of the global batch (DESIGN.md, Loss).
+            # gradient of the mean over every valid pixel of the global batch (docs/DESIGN.md, "The loss is a global-pixel mean").
             loss = loss_sum / tf.maximum(global_count, 1.0)
             scaled = optimizer.scale_loss(loss) if loss_scaled else loss
         grads = tape.gradient(scaled, model.trainable_variables)

@@ -1,7 +1,7 @@
 """Fake TFRecord shards for tests, named and laid out as the converter writes them.
 
 The one place tests make records (the habit of TF Model Garden's `tfexample_utils`): examples go
-through fcn8s_tf.records.encode_example, files are named by convert_layout.shard_name and split into
+through fcn8s_tf.data.records.encode_example, files are named by convert_layout.shard_name and split into
 contiguous blocks by convert_layout.shard_bounds, so a change of format or layout reaches every test.
 
     examples = [record_utils.example(image, label, f"ex_{k:03d}") for k, (image, label) in ...]
@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from fcn8s_tf import records
-from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.data import records
+from fcn8s_tf.data.convert import layout as convert_layout
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,4 +1,4 @@
-"""Tests for fcn8s_tf.augment: geometry, fill, value sets, randomness.
+"""Tests for fcn8s_tf.data.augment: geometry, fill, value sets, randomness.
 
 Every augmentation test runs three ways (eagerly, inside a tf.function, inside a tf.data map), since
 graph-mode and tf.data tracing can differ from eager execution (static shapes, seeds, captures).
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf import augment, model
+from fcn8s_tf.data import augment
+from fcn8s_tf.model import fcn8s as model
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 MODES = ("eager", "function", "data")

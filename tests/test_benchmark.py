@@ -482,7 +482,7 @@ def test_torch_fcn8s_gives_the_keras_logits():
     fc6, crops at 5/9/31, skip scales, transposed-conv layout)."""
     import torch
     from bench import torch_fcn8s
-    from fcn8s_tf import model as model_lib
+    from fcn8s_tf.model import fcn8s as model_lib
 
     keras_net = model_lib.build_fcn8s(num_classes=3, fc_units=16, weights=None)
     rng = np.random.default_rng(0)
@@ -507,7 +507,7 @@ def test_torch_fcn8s_gives_the_keras_logits():
 @needs_torch
 def test_torch_fcn8s_constants_are_the_models():
     from bench import torch_fcn8s
-    from fcn8s_tf import model as model_lib
+    from fcn8s_tf.model import fcn8s as model_lib
 
     for name in ("BGR_MEAN", "INPUT_PAD", "POOL4_SCALE", "POOL3_SCALE", "POOL4_CROP_OFFSET",
                  "POOL3_CROP_OFFSET", "FINAL_CROP_OFFSET"):

@@ -14,12 +14,12 @@ from absl import flags
 import numpy as np
 import pytest
 
-from fcn8s_tf import augment
+from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
 from fcn8s_tf import flags as flags_lib
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import model as model_lib
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.training import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_flags_text_replays_the_run(tmp_path):
 
 def test_importing_the_library_defines_no_flag():
     code = ("from absl import flags; import fcn8s_tf.train, fcn8s_tf.evaluate, fcn8s_tf.export, "
-            "fcn8s_tf.predict, fcn8s_tf.serving, fcn8s_tf.caffe; "
+            "fcn8s_tf.predict, fcn8s_tf.serving.contract, fcn8s_tf.model.caffe; "
             "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'fcn8s' in m))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=300)

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf import demo_data, records
-from fcn8s_tf.convert import convert
-from fcn8s_tf.convert import layout as convert_layout
-from fcn8s_tf.convert import publish as convert_publish
-from fcn8s_tf.convert import recover as convert_recover
+from fcn8s_tf.data import demo_data
+from fcn8s_tf.data import records
+from fcn8s_tf.data.convert import convert
+from fcn8s_tf.data.convert import layout as convert_layout
+from fcn8s_tf.data.convert import publish as convert_publish
+from fcn8s_tf.data.convert import recover as convert_recover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_tfrecords.py"
@@ -42,8 +43,8 @@ FIRST_TRAIN_ID = "demo_000000"  # the first train id in sorted order, its image 
 WRAPPER = """
 import os, signal, sys, time
 if __name__ == "__main__":  # spawned workers import this file again, as __mp_main__
-    from fcn8s_tf.convert import publish as convert_publish
-    from fcn8s_tf.convert import recover as convert_recover
+    from fcn8s_tf.data.convert import publish as convert_publish
+    from fcn8s_tf.data.convert import recover as convert_recover
     kill_at = int(os.environ.get("KILL_AT_STEP", 0))
     if kill_at:
         output_dir, steps = os.path.realpath(os.environ["OUTPUT_DIR"]), [0]

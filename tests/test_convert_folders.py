@@ -17,11 +17,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import input_pipeline
-from fcn8s_tf.convert import convert
-from fcn8s_tf.convert import layout as convert_layout
-from fcn8s_tf.convert import folders as convert_folders
-from fcn8s_tf.convert.layout import ConversionError
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data.convert import convert
+from fcn8s_tf.data.convert import layout as convert_layout
+from fcn8s_tf.data.convert import folders as convert_folders
+from fcn8s_tf.data.convert.layout import ConversionError
 from fcn8s_tf.class_info import VOC_PALETTE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 import record_utils
-from fcn8s_tf import input_pipeline, records
-from fcn8s_tf.convert import convert
-from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
+from fcn8s_tf.data.convert import convert
+from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 NUM_CLASSES = 3
@@ -112,7 +113,7 @@ def test_shard_cut_at_a_record_boundary_disagrees_with_the_manifest(tmp_path, de
 @pytest.fixture
 def demo_output(tmp_path):
     """A real converter output (manifest included) of a tiny synthetic VOC + SBD tree."""
-    from fcn8s_tf import demo_data
+    from fcn8s_tf.data import demo_data
     roots = demo_data.make_demo_dataset(tmp_path / "demo", num_train=8, num_val=3,
                                         image_size=(16, 16))
     output_dir = tmp_path / "records"

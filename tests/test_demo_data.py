@@ -7,9 +7,10 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import demo_data, records
-from fcn8s_tf.convert import convert
-from fcn8s_tf.convert import folders as convert_folders
+from fcn8s_tf.data import demo_data
+from fcn8s_tf.data import records
+from fcn8s_tf.data.convert import convert
+from fcn8s_tf.data.convert import folders as convert_folders
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
 
 SMALL = dict(num_train=16, num_val=6, image_size=(64, 80))

@@ -16,12 +16,12 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import evaluate as evaluate_lib
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import metrics
-from fcn8s_tf import model as model_lib
-from fcn8s_tf import records
-from fcn8s_tf import serving
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.evaluation import metrics
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.data import records
+from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.training import workdir as workdir_lib
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
 # pytest puts tests/ on the path: the hand-worked metric example, the folders dataset maker.
 from test_metrics import LABELS, PREDICTIONS

@@ -16,8 +16,8 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import export
-from fcn8s_tf import serving
-from fcn8s_tf import model as model_lib
+from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.model import fcn8s as model_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
 
 

@@ -33,10 +33,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from fcn8s_tf import caffe
-from fcn8s_tf import records
+from fcn8s_tf.model import caffe
+from fcn8s_tf.data import records
 from fcn8s_tf import train as train_lib
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.training import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
 IMPORT_CLI = REPO / "tools" / "import_weights.py"
@@ -804,9 +804,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
     else:  # 96 MB of doubles under a name FCN-8s does not have, stored (no compression)
         path = tmp_path / "x.npz"
         np.savez(path, **{"fc8/W": np.zeros(12_000_000)})
-    read = (f"from fcn8s_tf import caffe; caffe.read_weights({str(path)!r}, "
+    read = (f"from fcn8s_tf.model import caffe; caffe.read_weights({str(path)!r}, "
             "check=caffe.check_fcn8s)")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf import caffe")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model import caffe")
     peak, _, stderr = peak_rss_mb(sys.executable, "-c", read)
     assert "WeightsError" in stderr and "is not an FCN-8s: missing" in stderr, stderr[-2000:]
     # Measured: +15 MB (the caffemodel's pages, mapped and scanned); before, +600 and +140 MB.
@@ -815,9 +815,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
 
 def test_unpacked_floats_are_read_into_one_array(tmp_path):
     path = _unpacked_caffemodel(tmp_path / "x.caffemodel", "conv1_1", 3_000_000)
-    read = (f"from fcn8s_tf import caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
+    read = (f"from fcn8s_tf.model import caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
             "blob = layer.blobs[0]; print(blob.shape, blob.dtype, blob.sum(dtype='float64'))")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf import caffe")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model import caffe")
     peak, stdout, stderr = peak_rss_mb(sys.executable, "-c", read)
     expected_sum = float((np.arange(3_000_000) % 1000).sum())
     assert stdout.strip() == f"(3000000,) float32 {expected_sum}", stderr[-2000:]
@@ -930,7 +930,7 @@ def test_init_from_starts_from_the_imported_weights(tmp_path, imported_workdir):
 
 def test_init_from_takes_a_checkpoint_path_and_names_what_does_not_fit(tmp_path,
                                                                        imported_workdir):
-    from fcn8s_tf import model as model_lib
+    from fcn8s_tf.model import fcn8s as model_lib
 
     workdir = imported_workdir.workdir
     checkpoint = tf.train.latest_checkpoint(str(workdir / "checkpoints"))

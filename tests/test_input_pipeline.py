@@ -1,4 +1,4 @@
-"""Tests for fcn8s_tf.input_pipeline on shards written with tests/record_utils.py.
+"""Tests for fcn8s_tf.data.input_pipeline on shards written with tests/record_utils.py.
 
 Each example k has a constant image colour that encodes k and a label of class k % 21 with a 255
 border, so a test can tell which example an element came from and that image and label stayed
@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 import record_utils
-from fcn8s_tf import input_pipeline
-from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 NUM_EXAMPLES = 12

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import serving
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import train as train_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
@@ -73,6 +73,8 @@ SERVER_SIDE = NO_PROJECT_CODE + textwrap.dedent("""
                 fetches = {k: t.name for k, t in sig.outputs.items()}
                 try:
                     result = sess.run(fetches, feeds)
+                    # A string scalar (metadata's precision) comes back as bytes, not an array.
+                    result = {k: np.asarray(v) for k, v in result.items()}
                     out.append({k: {"shape": list(v.shape), "values": _plain(v.tolist())}
                                 for k, v in result.items()})
                 except tf.errors.OpError as e:  # the server answers the request with an error
@@ -85,7 +87,7 @@ SERVER_SIDE = NO_PROJECT_CODE + textwrap.dedent("""
         for case in cases:
             fn = loaded.signatures[case["signature"]]
             inputs = {k: tf.constant(v) for k, v in inputs_of(case).items()}
-            out.append({k: {"shape": list(v.shape), "values": _plain(v.numpy().tolist())}
+            out.append({k: {"shape": list(v.shape), "values": _plain(np.asarray(v).tolist())}
                         for k, v in fn(**inputs).items()})
         return out
 
@@ -198,6 +200,11 @@ def test_every_signature_runs_under_the_session_loader(exports):
         assert metadata["class_names"]["values"] == ["class_0", "class_1", "class_2"]
         assert metadata["palette"]["shape"] == [3, 3]
         assert metadata["ignore_label"]["values"] == 255
+        # Training's exports compute in float32; the CLI's follows --precision=auto here.
+        from fcn8s_tf import config as config_lib
+        expected = (config_lib.resolve_export_precision("auto")[0] if name == "cli"
+                    else "float32")
+        assert metadata["precision"]["values"] == expected, name
         names_file = Path(export_dir) / "assets" / serving.CLASS_NAMES_ASSET
         assert names_file.read_text().split() == ["class_0", "class_1", "class_2"]
         assert all(c["model"] == "fcn8s" for c in entry["warmup_cases"])
@@ -252,7 +259,7 @@ def test_bad_requests_fail_alone_and_name_the_item(exports):
 def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     import keras
     from fcn8s_tf import export
-    from fcn8s_tf import model as model_lib
+    from fcn8s_tf.model import fcn8s as model_lib
     keras.utils.set_random_seed(0)
     model = model_lib.build_fcn8s(num_classes=3, fc_units=16)  # at fc 8 this seed answers one class
     model_utils.randomise_scores(model)  # so that answers vary per pixel

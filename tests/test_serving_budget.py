@@ -40,7 +40,6 @@ STRIP_WIDTH = min(2 * SIDE * SIDE, 10 ** 6)
 ADDRESS_SPACE_CAP = 8 * 2 ** 30  # as the issue measured: TensorFlow alone reserves ~4 GB of it
 
 CHILD = NO_PROJECT_CODE + textwrap.dedent("""
-    import resource
     request = json.load(sys.stdin)
 
     def payload(case):
@@ -50,7 +49,13 @@ CHILD = NO_PROJECT_CODE + textwrap.dedent("""
         return {"image_bytes": np.array(items, dtype=object)}
 
     def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM, the peak RSS of this process image: ru_maxrss would carry over the parent's peak
+        # across exec (pytest's own, gigabytes by the end of a full run).
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc/self/status")
 
     if request["loader"] == "session":
         graph = tf.Graph()
@@ -126,7 +131,7 @@ def rgb_png(height: int, width: int) -> bytes:
 def budget_export(tmp_path_factory):
     import keras
     from fcn8s_tf import export
-    from fcn8s_tf import model as model_lib
+    from fcn8s_tf.model import fcn8s as model_lib
     keras.utils.set_random_seed(0)
     # Full-size conv blocks either way; fc6/fc7 of 4096 and 21 classes at the product's budget.
     model = model_lib.build_fcn8s(num_classes=CLASSES, **({} if FULL_SIZE else {"fc_units": 16}))

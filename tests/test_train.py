@@ -21,8 +21,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import distribute
-from fcn8s_tf import records
+from fcn8s_tf.training import distribute
+from fcn8s_tf.data import records
 from fcn8s_tf import train as train_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_two_steps_export_then_resume(tmp_path, caplog):
     # The in-training evaluation is the evaluator's: the export, scored by `evaluate`, gives the
     # same numbers (same weights, same images, same any-size float32 net).
     from fcn8s_tf import evaluate as evaluate_lib
-    from fcn8s_tf import input_pipeline
+    from fcn8s_tf.data import input_pipeline
     predict_fn, _, _ = evaluate_lib.load_predict_fn(result["export"])
     again, _ = evaluate_lib.evaluate(predict_fn, input_pipeline.eval_dataset(config.val_data), 3,
                                      log_every=0)
@@ -103,7 +103,7 @@ def test_two_steps_export_then_resume(tmp_path, caplog):
     assert any((workdir / "tensorboard" / "train").iterdir())
     # The training model was built for the crop size; the checkpoint still loads into the
     # any-size net that evaluation and export build from model_config.json.
-    from fcn8s_tf import workdir as workdir_lib
+    from fcn8s_tf.training import workdir as workdir_lib
     restored, _ = workdir_lib.load_model(str(workdir))
     assert restored.input_shape == (None, None, None, 3)
 
@@ -155,7 +155,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from fcn8s_tf import distribute
+    from fcn8s_tf.training import distribute
     from fcn8s_tf import train as train_lib
     config = train_lib.TrainConfig(train_data="unused", workdir="unused", num_classes=3,
         backbone_weights=None, fc_units=16, dropout_rate=0.0, crop_size=24, scale_range=(1.0, 1.0),

@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import records
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.data import records
+from fcn8s_tf.training import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Writes a synthetic demo dataset (fcn8s_tf/demo_data.py): the VOC 2012 + SBD layout, or folders.
+"""Writes a synthetic demo dataset (fcn8s_tf/data/demo_data.py): the VOC 2012 + SBD layout, or folders.
 
     python tools/make_demo_dataset.py --output_dir=data/demo/raw --seed=0
 
@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from fcn8s_tf import demo_data
+from fcn8s_tf.data import demo_data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: VOCdevkit/ and benchmark_RELEASE/ "

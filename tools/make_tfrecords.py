@@ -10,7 +10,7 @@ Your own data: a folder of images, a folder of <id>.png masks, and a classes fil
     python tools/make_tfrecords.py --format=folders --images=DIR --masks=DIR \
         --classes=classes.txt --splits=train:0.9,val:0.1 --output_dir=data/mine
 
-The conversion itself lives in fcn8s_tf/convert/; this file only reads flags and decides how the
+The conversion itself lives in fcn8s_tf/data/convert/; this file only reads flags and decides how the
 process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
 conversion like Ctrl-C does, with the workers stopped and the temporary files removed.
 """
@@ -28,11 +28,11 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from fcn8s_tf.convert import convert  # noqa: E402
+from fcn8s_tf.data.convert import convert  # noqa: E402
 
-from fcn8s_tf.convert import folders as convert_folders
+from fcn8s_tf.data.convert import folders as convert_folders
 
-from fcn8s_tf.convert import layout as convert_layout
+from fcn8s_tf.data.convert import layout as convert_layout
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: PASCAL VOC 2012 (+ SBD) in their "

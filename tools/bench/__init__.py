@@ -11,7 +11,7 @@ cannot leak into the next):
              best call of any size, in float32 and bfloat16 (float16 too on a GPU), at the start
              and at the end of the run; the higher is the ceiling. Every model figure is also given
              as a fraction of it: a ratio taken in one run drifts less than absolute times.
-  converter  fcn8s_tf.convert.convert end to end on the sample pairs copied under new ids to a few
+  converter  fcn8s_tf.data.convert.convert end to end on the sample pairs copied under new ids to a few
              hundred images, and again on 30, which splits its time into a fixed and a per-image
              part that extrapolate to the 12,031 images of VOC 2012 + SBD.
   pipeline   input_pipeline.train_dataset (read, decode, resize, batch): images/s, CPU ms/image.
@@ -34,7 +34,7 @@ cannot leak into the next):
              machine class.
 
 The sample images are the real VOC files given by --sample_voc_root, or else synthetic ones from
-fcn8s_tf.demo_data at VOC sizes (data.py says how they are made); the report names which.
+fcn8s_tf.data.demo_data at VOC sizes (data.py says how they are made); the report names which.
 
 Modules: settings (what a run depends on), machine (CPU facts), data (sample images), flops,
 protocol (child processes), host_tasks / tf_tasks / torch_tasks (what the children run),

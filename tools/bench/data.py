@@ -1,6 +1,6 @@
 """The sample images a run measures with: real VOC files, or synthetic ones at VOC sizes.
 
-A user's clone has no VOC files, so by default the run writes synthetic pairs: fcn8s_tf.demo_data's
+A user's clone has no VOC files, so by default the run writes synthetic pairs: fcn8s_tf.data.demo_data's
 images (shapes of three classes on a textured background, labels with the 255 boundary band),
 drawn at the sizes VOC images have, then contrast-stretched and given pixel-level texture so that
 their JPEGs are as large as real VOC photos (the 30 real sample images average 87 KiB, mostly at
@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
-from fcn8s_tf import demo_data
+from fcn8s_tf.data import demo_data
 from fcn8s_tf import class_info
 
 # (height, width) cycled through: the most common VOC 2012 sizes, landscape first (the inference
@@ -73,7 +73,7 @@ def write_synthetic_voc(root: str, num_images: int, seed: int = 0) -> Dict:
         with open(os.path.join(root, "SegmentationClass", f"synthetic_{k:05d}.png"), "wb") as f:
             f.write(_palette_png(demo_data.add_boundary_band(label)))
     return dict(describe_sample(root), source=(
-        f"synthetic: fcn8s_tf.demo_data images (seed {seed}) at VOC sizes, contrast-stretched "
+        f"synthetic: fcn8s_tf.data.demo_data images (seed {seed}) at VOC sizes, contrast-stretched "
         "and textured to real VOC JPEG sizes (tools/bench/data.py); pass --sample_voc_root= for "
         "real VOC files"))
 

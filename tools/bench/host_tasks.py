@@ -15,12 +15,12 @@ import tensorflow as tf
 
 from bench import data
 from bench.settings import VOC_SBD_IMAGES
-from fcn8s_tf import augment as augment_lib
-from fcn8s_tf.convert import convert
-from fcn8s_tf.convert import examples as convert_examples
-from fcn8s_tf.convert import layout as convert_layout
-from fcn8s_tf import input_pipeline
-from fcn8s_tf import records
+from fcn8s_tf.data import augment as augment_lib
+from fcn8s_tf.data.convert import convert
+from fcn8s_tf.data.convert import examples as convert_examples
+from fcn8s_tf.data.convert import layout as convert_layout
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
 
 
 def environment(progress) -> Dict:

@@ -6,7 +6,7 @@ from typing import Dict, Set, Tuple
 
 from bench.settings import BF16_CPU_FLAGS
 
-# Feature flags worth naming next to every figure (DESIGN.md: name the CPU and its flags).
+# Feature flags worth naming next to every figure (the CPU model changes between machines).
 SHOWN_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16")
 
 

@@ -223,7 +223,7 @@ def _host_stages(results: Dict) -> List[str]:
              "| --- | --- | --- | --- |"]
     c = results.get("converter") or {}
     if protocol.ok(c):
-        lines.append(f"| converter (fcn8s_tf.convert, {c['num_workers']} workers) | "
+        lines.append(f"| converter (fcn8s_tf.data.convert, {c['num_workers']} workers) | "
                      f"{c['images_per_s']:.0f} images/s | {c['images']} images in "
                      f"{c['seconds']:.2f} s; {c['fixed_s']:.2f} s fixed + "
                      f"{c['per_image_ms']:.2f} ms/image -> {VOC_SBD_IMAGES:,} images in "

@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 TOOLS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_DIR = os.path.dirname(TOOLS_DIR)
 
-VOC_SBD_IMAGES = 10_582 + 1_449  # train + val ids of VOC 2012 + SBD (DESIGN.md, Splits)
+VOC_SBD_IMAGES = 10_582 + 1_449  # train + val ids of VOC 2012 + SBD (docs/DESIGN.md, Splits)
 # A policy's compute dtype decides which matmul ceiling its training step is compared with.
 POLICY_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 # CPU feature flags (/proc/cpuinfo) that mean native bfloat16 arithmetic.

@@ -15,10 +15,10 @@ from bench import flops as flops_lib
 from bench import protocol
 from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
 from fcn8s_tf import config as config_lib
-from fcn8s_tf import distribute
+from fcn8s_tf.training import distribute
 from fcn8s_tf import export as export_lib
-from fcn8s_tf import model as model_lib
-from fcn8s_tf import serving
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import train as train_lib
 
 

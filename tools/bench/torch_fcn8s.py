@@ -2,7 +2,7 @@
 
 Written for the benchmark only; PyTorch is never a dependency of fcn8s_tf
 (requirements/bench-torch.txt installs it for `make bench`). The net is Caffe's voc-fcn8s-atonce,
-as fcn8s_tf.model builds it in Keras:
+as fcn8s_tf.model.fcn8s builds it in Keras:
 
     conv1_1 pads the input by 100; 3x3 convs (pad 1) + ReLU; 2x2/2 max pools rounding up
     (ceil_mode) -> fc6 7x7 valid + ReLU + dropout -> fc7 1x1 + ReLU + dropout -> score_fr
@@ -10,7 +10,7 @@ as fcn8s_tf.model builds it in Keras:
     + crop(score_pool3(pool3 * 0.0001), 9) -> upscore8 (16x16/8) -> crop 31 to the input size
 
 The transposed convolutions have no bias, start bilinear and stay fixed; the score layers start at
-zero. The constants are repeated here rather than imported, because fcn8s_tf.model imports
+zero. The constants are repeated here rather than imported, because fcn8s_tf.model.fcn8s imports
 TensorFlow, which a PyTorch measurement must not load; tests/test_benchmark.py proves the two nets
 are the same by copying the Keras weights into this one and comparing logits.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# fcn8s_tf.model's constants (the Caffe net's).
+# fcn8s_tf.model.fcn8s's constants (the Caffe net's).
 BGR_MEAN = (104.00699, 116.66877, 122.67892)
 INPUT_PAD = 100
 POOL4_SCALE, POOL3_SCALE = 0.01, 0.0001
@@ -110,7 +110,7 @@ def preprocess(rgb: np.ndarray) -> torch.Tensor:
 
 
 def keras_layer_name(name: str) -> str:
-    """This net's layer name -> fcn8s_tf.model's: conv<b>_<i> -> block<b>_conv<i>, others same."""
+    """This net's layer name -> fcn8s_tf.model.fcn8s's: conv<b>_<i> -> block<b>_conv<i>, others same."""
     if name.startswith("conv"):
         block, i = name[4:].split("_")
         return f"block{block}_conv{i}"
@@ -119,7 +119,7 @@ def keras_layer_name(name: str) -> str:
 
 @torch.no_grad()
 def copy_keras_weights(net: FCN8s, layer_weights) -> None:
-    """Copies an fcn8s_tf.model FCN-8s's weights into net, in place.
+    """Copies an fcn8s_tf.model.fcn8s FCN-8s's weights into net, in place.
 
     Args:
       net: an FCN8s of the same num_classes and fc_units.

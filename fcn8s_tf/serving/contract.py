@@ -223,7 +223,7 @@ def net_input_size(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.T
     padded area of a sqrt(max_pixels)-square image; an image over it is scaled by the factor s that
     solves (sH + 200)(sW + 200) = budget (keeping its aspect ratio), each side at least 1 pixel.
     """
-    from fcn8s_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+    from fcn8s_tf.model import fcn8s as model_lib  # pylint: disable=import-outside-toplevel
     pad = tf.constant(2.0 * model_lib.INPUT_PAD, tf.float64)
     budget = tf.constant((math.sqrt(max_pixels) + 2.0 * model_lib.INPUT_PAD) ** 2, tf.float64)
     h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
@@ -303,7 +303,7 @@ class _Predictor:
     """The model's forward pass as the signatures run it. Not a Trackable: see the module docstring."""
 
     def __init__(self, model: "keras.Model", budget: Budget):
-        from fcn8s_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+        from fcn8s_tf.model import fcn8s as model_lib  # pylint: disable=import-outside-toplevel
         self._preprocess = model_lib.preprocess
         self._model = model
         self._budget = budget

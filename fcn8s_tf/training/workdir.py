@@ -5,7 +5,7 @@
     <workdir>/checkpoints/        tf.train.CheckpointManager (model, optimizer, step)
     <workdir>/tensorboard/        train/ and val/ event files
     <workdir>/val_metrics.json    the last in-training evaluation
-    <workdir>/export/<version>/   SavedModels (fcn8s_tf/serving.py)
+    <workdir>/export/<version>/   SavedModels (fcn8s_tf/serving/contract.py)
 
 Training writes these; evaluation, export, prediction and tools/import_weights.py read or write
 them through this module, so the names live here only. Every JSON file is written atomically (a
@@ -125,7 +125,7 @@ def load_model(workdir: str, num_classes: Optional[int] = None) -> Tuple[Any, st
       FileNotFoundError: no model_config.json or no checkpoint.
       ValueError: num_classes disagrees with the config, or the checkpoint does not fit the model.
     """
-    from fcn8s_tf import model as model_lib  # Keras only when a model is built
+    from fcn8s_tf.model import fcn8s as model_lib  # Keras only when a model is built
     from fcn8s_tf import class_info
 
     config = read_model_config(workdir)

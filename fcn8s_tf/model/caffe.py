@@ -884,7 +884,7 @@ def build_model(imported: ImportedFCN8s):
       WeightsError: a kernel's shape does not fit the model (naming the file's layer, its shape
         and the shape expected, both in the file's layout).
     """
-    from fcn8s_tf import model as model_lib  # TensorFlow only once a file has been read
+    from fcn8s_tf.model import fcn8s as model_lib  # TensorFlow only once a file has been read
 
     model = model_lib.build_fcn8s(weights=None, **imported.model_kwargs())
     errors = []
@@ -924,7 +924,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
                    log=print) -> Tuple[ImportedFCN8s, str]:
     """Reads published FCN-8s weights and writes a workdir the rest of the project understands.
 
-    The workdir gets what fcn8s_tf.train writes and fcn8s_tf.workdir.load_model reads:
+    The workdir gets what fcn8s_tf.train writes and fcn8s_tf.training.workdir.load_model reads:
     model_config.json (build_fcn8s arguments), checkpoints/ckpt-0 (tf.train.Checkpoint(model=)),
     and export/1 (the TF Serving SavedModel of export.export_saved_model), plus imported_from.json
     (the file, its SHA-1 and what was read). It is written into a temporary folder beside it and
@@ -963,8 +963,8 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
 
     import tensorflow as tf
     from fcn8s_tf import export as export_lib
-    from fcn8s_tf import workdir as workdir_lib
-    from fcn8s_tf.convert.publish import signals_deferred
+    from fcn8s_tf.training import workdir as workdir_lib
+    from fcn8s_tf.data.convert.publish import signals_deferred
 
     staging = _make_staging(workdir, log)
     try:
@@ -996,10 +996,10 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
     """Refuses, before any work, a workdir this import may not write; a refused one is untouched.
 
     overwrite replaces only a run directory, told by what every run holds (the names
-    fcn8s_tf/workdir.py owns): the replaced folder is deleted whole, and `--workdir=.` once
+    fcn8s_tf/training/workdir.py owns): the replaced folder is deleted whole, and `--workdir=.` once
     deleted a source tree that way. A run a live trainer holds (workdir.RunLock) is refused too.
     """
-    from fcn8s_tf import workdir as workdir_lib  # imports TensorFlow
+    from fcn8s_tf.training import workdir as workdir_lib  # imports TensorFlow
 
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise FileExistsError(f"--workdir={workdir} exists and is not a directory")
@@ -1033,7 +1033,7 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
 def _make_staging(workdir: str, log: Callable[[str], None]) -> str:
     """A new IMPORT_TMP_PREFIX folder beside workdir, once those of killed imports are removed."""
     import tensorflow as tf
-    from fcn8s_tf import workdir as workdir_lib
+    from fcn8s_tf.training import workdir as workdir_lib
 
     parent = os.path.dirname(workdir)
     try:

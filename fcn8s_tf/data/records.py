@@ -7,7 +7,7 @@ of class indices with IGNORE_LABEL (255) as void.
 
 The reader's side of a converted folder is here too: list_files, count_examples, read_manifest,
 read_classes, and the checks that turn a broken file into one line naming it (DataError). The
-folder's layout (shard names, manifest and its class metadata) is fcn8s_tf.convert.layout's: the
+folder's layout (shard names, manifest and its class metadata) is fcn8s_tf.data.convert.layout's: the
 converter writes it, and imports no TensorFlow.
 
 A TFRecord file is a sequence of records, each framed as: uint64 length, uint32 masked CRC-32C of
@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from fcn8s_tf.convert import layout as convert_layout  # the folder layout; imports no TensorFlow
+from fcn8s_tf.data.convert import layout as convert_layout  # the folder layout; imports no TensorFlow
 from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 IMAGE_ENCODED = "image/encoded"
@@ -107,7 +107,7 @@ def decode_example(serialized: tf.Tensor):
 
 
 # ----------------------------------------------------------------------------------------------
-# The converted folder (its layout is fcn8s_tf.convert.layout's).
+# The converted folder (its layout is fcn8s_tf.data.convert.layout's).
 # ----------------------------------------------------------------------------------------------
 
 class DataError(Exception):

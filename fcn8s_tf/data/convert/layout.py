@@ -1,6 +1,6 @@
 """What the converter writes: the folder's layout, the manifest's class metadata, its error.
 
-    <output_dir>/<split>-NNNNN-of-NNNNN.tfrecord   the records (fcn8s_tf.records owns their keys)
+    <output_dir>/<split>-NNNNN-of-NNNNN.tfrecord   the records (fcn8s_tf.data.records owns their keys)
     <output_dir>/manifest.json                     splits, shards and their counts, classes
     <output_dir>/.make_tfrecords-replacing.json    only while a fallback-mode replacement runs,
                                                    or after a kill during one (publish)
@@ -11,7 +11,7 @@ with one palette colour per class, and in each split "class_pixels": [pixels of 
 (void pixels not counted; "ignore_pixels" holds those).
 
 This module owns those names and shapes: the converter's modules that write them and
-fcn8s_tf.records that reads them import them from here. No TensorFlow: the converter's worker
+fcn8s_tf.data.records that reads them import them from here. No TensorFlow: the converter's worker
 processes import it.
 """
 

@@ -29,11 +29,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
-from fcn8s_tf.convert.examples import (Classes, Plan, PreparedExample, finish_example,
+from fcn8s_tf.data.convert.examples import (Classes, Plan, PreparedExample, finish_example,
                                        label_histogram, read_id_list, read_image)
-from fcn8s_tf.convert.layout import (MAX_CLASSES, ConversionError,
+from fcn8s_tf.data.convert.layout import (MAX_CLASSES, ConversionError,
                                      PathLike, check_split_name, format_names)
-from fcn8s_tf.convert.masks import Colour, MaskRules, read_mask
+from fcn8s_tf.data.convert.masks import Colour, MaskRules, read_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_SUFFIX = ".png"

@@ -58,7 +58,7 @@ JPEG_QUALITY = 90
 BOUNDARY_BAND = 3
 _MARKER = "DEMO_DATASET.txt"
 # MAT-file header text; scipy's default holds the current time, which would break byte determinism.
-_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, written by fcn8s_tf.demo_data"
+_MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, written by fcn8s_tf.data.demo_data"
 
 PathLike = Union[str, os.PathLike]
 Colour = Tuple[int, int, int]
@@ -274,7 +274,7 @@ def make_demo_dataset(output_dir: PathLike, *, seed: int = 0, num_train: int = 2
     _write_list(sbd_root / "train.txt", sbd_train)
     _write_list(sbd_root / "val.txt", sbd_val)
     (output_dir / _MARKER).write_text(
-        "Synthetic demo data written by fcn8s_tf.demo_data (tools/make_demo_dataset.py): "
+        "Synthetic demo data written by fcn8s_tf.data.demo_data (tools/make_demo_dataset.py): "
         f"seed={seed} num_train={num_train} num_val={num_val} image_size={height}x{width}\n"
         f"classes: {', '.join(f'{k} {s}' for k, (s, _) in DEMO_CLASSES.items())}\n")
     return {"voc_root": voc_root, "sbd_root": sbd_root}
@@ -344,6 +344,6 @@ def make_folders_dataset(output_dir: PathLike, *, seed: int = 0, num_images: int
         + "".join(f"{name} {' '.join(map(str, colour))}\n"
                   for name, _, _, colour in FOLDER_CLASSES.values()))
     (output_dir / _MARKER).write_text(
-        "Synthetic demo data written by fcn8s_tf.demo_data (tools/make_demo_dataset.py "
+        "Synthetic demo data written by fcn8s_tf.data.demo_data (tools/make_demo_dataset.py "
         f"--format=folders): seed={seed} num_images={num_images} image_size={height}x{width}\n")
     return paths

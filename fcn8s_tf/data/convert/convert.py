@@ -19,7 +19,7 @@ class of each split) and puts the set in place, whole or not at all.
     publish           the commit: a new set swapped in atomically, or moved in behind a journal
     recover           the lock, and finishing or undoing what an interrupted run left
 
-Each of those names is imported from its own module (fcn8s_tf.convert.layout.shard_name, ...);
+Each of those names is imported from its own module (fcn8s_tf.data.convert.layout.shard_name, ...);
 this one re-exports none. Nothing in the converter imports TensorFlow at module level: the worker
 processes import these modules, and without TensorFlow each starts in a fraction of a second.
 Only tools/make_tfrecords.py reads flags; error messages name the flags because that is where a
@@ -38,18 +38,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, TextIO, Tuple
 import numpy as np
 
 import fcn8s_tf
-from fcn8s_tf.convert import folders as folders_source
-from fcn8s_tf.convert import voc_sbd as voc_source
-from fcn8s_tf.convert.examples import Plan, PreparedExample, class_pixels, count_values
-from fcn8s_tf.convert.layout import (MANIFEST_NAME, ConversionError, PathLike, format_names,
+from fcn8s_tf.data.convert import folders as folders_source
+from fcn8s_tf.data.convert import voc_sbd as voc_source
+from fcn8s_tf.data.convert.examples import Plan, PreparedExample, class_pixels, count_values
+from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, ConversionError, PathLike, format_names,
                                      shard_bounds, shard_name)
-from fcn8s_tf.convert.publish import Staging, check_writable, existing_outputs, signals_deferred
-from fcn8s_tf.convert.recover import fsync, owned, recover, take, unlock, write_json
-from fcn8s_tf.convert.workers import map_in_order, start_workers, stop_workers
+from fcn8s_tf.data.convert.publish import Staging, check_writable, existing_outputs, signals_deferred
+from fcn8s_tf.data.convert.recover import fsync, owned, recover, take, unlock, write_json
+from fcn8s_tf.data.convert.workers import map_in_order, start_workers, stop_workers
 
 DEFAULT_NUM_SHARDS = {"train": 16, "val": 4}  # a split other than these two gets val's count
 _SHARD_FLAGS = {"train": "--train_shards"}  # every other split's count: --val_shards
-FORMAT = ("TFRecord, TF Model Garden segmentation keys (fcn8s_tf.records): image = the JPEG "
+FORMAT = ("TFRecord, TF Model Garden segmentation keys (fcn8s_tf.data.records): image = the JPEG "
           "file's bytes as read, any other format decoded and re-encoded losslessly as PNG (each "
           "split's reencoded counts them); label = single-channel PNG of class indices, 255 = void")
 
@@ -180,7 +180,7 @@ def _write_split(split: str, sources: List, num_shards: int, tmp_dir: Path,
                  progress_stream: Optional[TextIO]) -> dict:
     """Writes one split's shards into tmp_dir from the prepared examples (in `sources` order)."""
     import tensorflow as tf  # see the note at the top
-    from fcn8s_tf import records
+    from fcn8s_tf.data import records
 
     histogram = np.zeros(256, np.int64)
     shards, formats, reencoded = [], [], []
@@ -261,7 +261,7 @@ def _write_all(plan: Plan, shards: Dict[str, int], staging: Staging, num_workers
         "format": FORMAT,
         "created": {
             "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "tool": "fcn8s_tf.convert", "fcn8s_tf_version": fcn8s_tf.__version__, **plan.created,
+            "tool": "fcn8s_tf.data.convert", "fcn8s_tf_version": fcn8s_tf.__version__, **plan.created,
         },
         "classes": plan.classes.manifest_entry(),
         "splits": splits,

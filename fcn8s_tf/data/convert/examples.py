@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from fcn8s_tf.class_info import IGNORE_LABEL
-from fcn8s_tf.convert.layout import ConversionError, classes_entry
+from fcn8s_tf.data.convert.layout import ConversionError, classes_entry
 
 
 @dataclasses.dataclass(frozen=True)

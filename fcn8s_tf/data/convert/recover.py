@@ -21,7 +21,7 @@ try:
 except ImportError:  # Windows: no lock there
     fcntl = None
 
-from fcn8s_tf.convert.layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
+from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
                                      format_names, manifest_files)
 
 TMP_PREFIX = ".tmp-make_tfrecords-"

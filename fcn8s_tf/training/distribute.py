@@ -1,7 +1,7 @@
 """Distribution: which tf.distribute strategy, which worker is the chief, and preemption.
 
 One code path for one CPU, one GPU, MirroredStrategy over the local GPUs and
-MultiWorkerMirroredStrategy from TF_CONFIG (DESIGN.md). On SIGTERM/SIGINT, tf.distribute's
+MultiWorkerMirroredStrategy from TF_CONFIG (docs/DESIGN.md). On SIGTERM/SIGINT, tf.distribute's
 PreemptionCheckpointHandler saves a checkpoint of the current step on every worker at the same
 step, then training stops (BUILD.md, "Long runs").
 """
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
-from fcn8s_tf import workdir as workdir_lib
+from fcn8s_tf.training import workdir as workdir_lib
 
 
 # -------------------------------------------------------------------------------------- strategy --

@@ -1,6 +1,6 @@
 """On-accelerator augmentation: random scale, flip and crop/pad as one projective transform.
 
-Runs inside the training step, per replica (DESIGN.md: the host only decodes and resizes). Each
+Runs inside the training step, per replica (docs/DESIGN.md: the host only decodes and resizes). Each
 sample gets a scale s, a horizontal flip and a crop/pad offset, composed into ONE transform that
 `tf.raw_ops.ImageProjectiveTransformV3` applies once to the image batch (bilinear) and once to the
 label batch (nearest), so images and labels cannot drift apart by a pixel.
@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
-from fcn8s_tf import model
+from fcn8s_tf.model import fcn8s as model
 from fcn8s_tf.class_info import IGNORE_LABEL
 
 DEFAULT_CROP_SIZE = (321, 321)

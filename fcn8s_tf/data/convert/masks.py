@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from fcn8s_tf.class_info import IGNORE_LABEL
-from fcn8s_tf.convert.examples import check_label_values, label_histogram
-from fcn8s_tf.convert.layout import ConversionError
+from fcn8s_tf.data.convert.examples import check_label_values, label_histogram
+from fcn8s_tf.data.convert.layout import ConversionError
 
 Colour = Tuple[int, int, int]
 _ID_MODES = ("L", "1", "I;16", "I;16B", "I")  # single-channel masks: the values are class ids

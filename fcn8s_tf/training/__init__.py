@@ -1,0 +1,4 @@
+"""Training: distribution, the run directory.
+
+Each name lives in its own module; import it from there (nothing is re-exported here).
+"""

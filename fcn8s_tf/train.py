@@ -30,7 +30,7 @@ from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
 from fcn8s_tf.training import distribute
 from fcn8s_tf import evaluate as evaluate_lib
-from fcn8s_tf import export as export_lib
+from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.model import fcn8s as model_lib
@@ -99,7 +99,7 @@ def build_model_and_optimizer(config: TrainConfig, total_steps: int):
     """Builds FCN-8s and Adam (call inside strategy.scope())."""
     keras.utils.set_random_seed(config.seed)
     # Built for the crop size: `make bench` measured that faster than (None, None) inputs
-    # (BENCHMARKS.md). Evaluation and export use an any-size twin (export.serving_twin).
+    # (BENCHMARKS.md). Evaluation and export use an any-size twin (model/fcn8s.py serving_twin).
     input_shape = ((config.crop_size, config.crop_size, 3) if config.fixed_input_shape
                    else (None, None, 3))
     model = model_lib.build_fcn8s(weights=config.backbone_weights, input_shape=input_shape,
@@ -253,7 +253,7 @@ class NonFiniteLossError(RuntimeError):
 class _InTrainingEval:
     """Evaluates the training model with the one evaluator (fcn8s_tf/evaluate.py) and logs it.
 
-    Uses an any-size float32 twin of the model (export.serving_twin), built at first use and kept
+    Uses an any-size float32 twin of the model (model/fcn8s.py serving_twin), built at first use and kept
     in sync by copying the weights; the export at the end reuses it.
     """
 
@@ -268,7 +268,7 @@ class _InTrainingEval:
     def __call__(self, step: int) -> Dict:
         config = self.config
         if self.twin is None:
-            self.twin = export_lib.serving_twin(self.model, config.model_kwargs())
+            self.twin = model_lib.serving_twin(self.model, config.model_kwargs())
             self.predict_fn = evaluate_lib.model_predict_fn(self.twin, with_logits=True)
         elif self.twin is not self.model:
             self.twin.set_weights(self.model.get_weights())

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import export
+from fcn8s_tf.serving import export
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.model import fcn8s as model_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
@@ -120,7 +120,7 @@ def test_fixed_size_model_gets_an_any_size_twin():
     fixed = model_lib.build_fcn8s(num_classes=3, fc_units=16, input_shape=(32, 32, 3))
     # Score layers start at zero: randomise them, or a twin that copied no weight would agree too.
     model_utils.randomise_scores(fixed)
-    twin = export.serving_twin(fixed, dict(num_classes=3, fc_units=16))
+    twin = model_lib.serving_twin(fixed, dict(num_classes=3, fc_units=16))
     assert twin.input_shape == (None, None, None, 3)
     image = np.random.default_rng(0).normal(0, 50, (1, 32, 32, 3)).astype(np.float32)
     expected = fixed(image).numpy()
@@ -135,7 +135,7 @@ def test_mixed_precision_model_exports_float32(tmp_path):
         mixed = model_lib.build_fcn8s(num_classes=3, fc_units=8)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    twin = export.serving_twin(mixed, dict(num_classes=3, fc_units=8))
+    twin = model_lib.serving_twin(mixed, dict(num_classes=3, fc_units=8))
     assert twin.dtype_policy.name == "float32"
     assert twin.get_layer("fc6").compute_dtype == "float32"
     for a, b in zip(mixed.get_weights(), twin.get_weights()):

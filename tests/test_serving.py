@@ -258,7 +258,7 @@ def test_bad_requests_fail_alone_and_name_the_item(exports):
 
 def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     import keras
-    from fcn8s_tf import export
+    from fcn8s_tf.serving import export
     from fcn8s_tf.model import fcn8s as model_lib
     keras.utils.set_random_seed(0)
     model = model_lib.build_fcn8s(num_classes=3, fc_units=16)  # at fc 8 this seed answers one class

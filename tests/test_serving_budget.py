@@ -130,7 +130,7 @@ def rgb_png(height: int, width: int) -> bytes:
 @pytest.fixture(scope="module")
 def budget_export(tmp_path_factory):
     import keras
-    from fcn8s_tf import export
+    from fcn8s_tf.serving import export
     from fcn8s_tf.model import fcn8s as model_lib
     keras.utils.set_random_seed(0)
     # Full-size conv blocks either way; fc6/fc7 of 4096 and 21 classes at the product's budget.

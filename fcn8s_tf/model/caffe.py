@@ -926,7 +926,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
 
     The workdir gets what fcn8s_tf.train writes and fcn8s_tf.training.workdir.load_model reads:
     model_config.json (build_fcn8s arguments), checkpoints/ckpt-0 (tf.train.Checkpoint(model=)),
-    and export/1 (the TF Serving SavedModel of export.export_saved_model), plus imported_from.json
+    and export/1 (the TF Serving SavedModel of serving/export.py), plus imported_from.json
     (the file, its SHA-1 and what was read). It is written into a temporary folder beside it and
     renamed into place, so an error, Ctrl-C or SIGTERM (which tools/import_weights.py turns into an
     exception) leaves no half-written workdir, no temporary folder, and with overwrite the old
@@ -962,7 +962,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
     model = build_model(imported)
 
     import tensorflow as tf
-    from fcn8s_tf import export as export_lib
+    from fcn8s_tf.serving import export as export_lib
     from fcn8s_tf.training import workdir as workdir_lib
     from fcn8s_tf.data.convert.publish import signals_deferred
 

@@ -19,6 +19,7 @@ every input size (tests/test_model.py checks this on the built graph and by beha
 
 import inspect
 import os
+from typing import Dict, Optional
 
 import h5py
 import numpy as np
@@ -337,3 +338,31 @@ def load_vgg16_weights(model: keras.Model, source) -> None:
             "(include_top=True, e.g. weights='imagenet').",
             source,
         )
+
+
+def serving_twin(model: keras.Model, model_kwargs: Optional[Dict],
+                 dtype: str = "float32") -> keras.Model:
+    """A model for any input size with `model`'s weights computing in `dtype`, or `model` itself
+    if it is one already.
+
+    Training may build the net for its fixed crop size (faster, BENCHMARKS.md) and under a
+    mixed-precision policy; evaluation and serving need every image size. dtype "float32", or
+    "bfloat16": the twin's variables are bfloat16 too (Keras policy "bfloat16", not
+    "mixed_bfloat16"), so that a forward pass does not cast 134 M float32 weights on every call.
+    model_kwargs are the build_fcn8s arguments (None: use `model` as it is; float32 only).
+    """
+    dynamic = all(d is None for d in model.input_shape[1:3])
+    if dynamic and model.dtype_policy.name == dtype:
+        return model
+    if model_kwargs is None:
+        if dtype != "float32":
+            raise ValueError(f"a {dtype} twin of {model.name} needs its build_fcn8s arguments")
+        return model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(dtype)
+    try:
+        twin = build_fcn8s(weights=None, **model_kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    twin.set_weights(model.get_weights())
+    return twin

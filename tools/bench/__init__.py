@@ -20,7 +20,7 @@ cannot leak into the next):
   train      the real training step, train.make_train_step (on-device augmentation, forward, masked
              cross-entropy, gradients, Adam) per precision, XLA on/off, fixed/dynamic input and
              batch size (sweep.py decides which combinations).
-  inference  the SavedModels of export.export_saved_model in float32 and, where bf16 is native,
+  inference  the SavedModels of serving/export.py export_saved_model in float32 and, where bf16 is native,
              bfloat16, each loaded as TF Serving would in a child of its own, on a 500x375 JPEG:
              serving_uint8 and serving_default, ms per image and the fraction of the ceiling of
              the dtype the export computes in.

@@ -278,7 +278,7 @@ def _inference(results: Dict) -> List[str]:
     keras_runs = [r for e in ((results.get("versus") or {}).get("tf_forward") or {}).values()
                   for r in e.get("runs") or []]
     lines = ["", f"## Inference: exported SavedModels (dynamic input), {size} image", "",
-             f"Each export (export.export_saved_model, precision float32 or bfloat16) loaded as "
+             f"Each export (serving/export.py export_saved_model, precision float32 or bfloat16) loaded as "
              f"TF Serving would, in a child of its own. `export --precision=auto` gives "
              f"{auto.get('export', '-')} on this machine. 'of ceiling' divides by the matmul "
              "ceiling of the dtype the net computes in. The Keras forward rows are the "

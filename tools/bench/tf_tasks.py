@@ -16,7 +16,7 @@ from bench import protocol
 from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
 from fcn8s_tf import config as config_lib
 from fcn8s_tf.training import distribute
-from fcn8s_tf import export as export_lib
+from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import train as train_lib
@@ -210,7 +210,7 @@ def forward(progress, configs: List[Dict], height: int, width: int, fc_units: in
     The any-size model that evaluation and export use, called in a tf.function (with
     jit_compile=xla) on a preprocessed random image: the same work as torch_tasks' forward.
     precision is a Keras policy: "bfloat16" is the net a bfloat16 export serves
-    (export.serving_twin), so XLA on vs off here says whether XLA would speed up that export.
+    (model/fcn8s.py serving_twin), so XLA on vs off here says whether XLA would speed up that export.
     """
     images = np.random.default_rng(seed).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     runs = []

@@ -1,4 +1,4 @@
-"""Evaluation: the one loop that scores a model over a split, and what it reports.
+"""python -m fcn8s_tf.evaluate: score a model over a split of converted records.
 
     python -m fcn8s_tf.evaluate --model=runs/voc/export --data='data/tfrecords/val-*.tfrecord' \
         --output_dir=runs/voc/eval [--num_classes=21] [--confusion_png] [--save_predictions=20] \
@@ -13,364 +13,27 @@ the records' (the converter's manifest.json beside them): another count is refus
 other names unless --allow_class_mismatch says that each id means the same class in both. Records
 without a manifest are scored with the model's classes, unchecked, after a warning.
 
-Each image is segmented alone at its original resolution (no resizing, no padding) and one confusion
-matrix is accumulated over the whole split (metrics.py has the definitions). Training calls the same
-`evaluate()` with hooks for its loss and TensorBoard pictures. The CLI writes
+Flags and main only: the loop is fcn8s_tf/evaluation/evaluator.py's (training calls the same
+`evaluate()`), the pictures fcn8s_tf/render.py's. Writes
 `<output_dir>/metrics.json`, and optionally `confusion_matrix.png` and coloured predictions
 `predictions/<id>.png` (palette PNGs: values are class ids, colours the VOC palette).
 """
 
-import math
 import os
-import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageDraw, ImageFont
 
-from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.data import input_pipeline
-from fcn8s_tf.evaluation import metrics
-from fcn8s_tf import predict as predict_lib
-from fcn8s_tf.data import records
-from fcn8s_tf.serving import contract as serving
 from fcn8s_tf import class_info
+from fcn8s_tf import render
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
+from fcn8s_tf.evaluation import evaluator
 from fcn8s_tf.training import workdir as workdir_lib
 
-# uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
-PredictFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
-# Called once per image: (index, image uint8 (H, W, 3), label uint8 (H, W, 1), outputs, filename).
-Hook = Callable[[int, tf.Tensor, tf.Tensor, Dict[str, tf.Tensor], str], None]
 
-
-# ------------------------------------------------------------------------------------- models --
-def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
-    """The predict function of an in-memory Keras FCN-8s (one trace, any image size)."""
-    from fcn8s_tf.model import fcn8s as model_lib  # Keras only when a Keras model is evaluated
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    def predict_fn(image):
-        logits = model(model_lib.preprocess(image[tf.newaxis]), training=False)[0]
-        outputs = {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
-        if with_logits:
-            outputs["logits"] = tf.cast(logits, tf.float32)
-        return outputs
-
-    return predict_fn
-
-
-def saved_model_predict_fn(export_dir: str) -> PredictFn:
-    """Wraps the `serving_uint8` signature (images uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
-    loaded = tf.saved_model.load(export_dir)
-    if serving.SIGNATURE_UINT8 not in loaded.signatures:
-        raise ValueError(f"{export_dir}: the SavedModel has no {serving.SIGNATURE_UINT8!r} "
-                         f"signature (it has {sorted(loaded.signatures)})")
-    signature = loaded.signatures[serving.SIGNATURE_UINT8]
-
-    def predict_fn(image):
-        outputs = signature(**{serving.UINT8_INPUT: image[tf.newaxis]})
-        return {"labels": outputs["labels"][0]}
-
-    predict_fn.loaded = loaded  # a signature holds its variables only weakly: keep them alive
-    predict_fn.classes = serving.read_metadata(loaded)
-    if predict_fn.classes is None:  # an export without the metadata signature
-        probabilities = signature.structured_outputs.get("probabilities")
-        channels = None if probabilities is None else probabilities.shape[-1]
-        predict_fn.classes = None if channels is None else class_info.ClassInfo.default(int(channels))
-    return predict_fn
-
-
-def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[class_info.ClassInfo]]:
-    """A predict function for a SavedModel or a training workdir.
-
-    Returns:
-      (predict_fn, a description of what loaded, the model's classes (names, colours; None when
-      a SavedModel does not say)).
-    Raises:
-      FileNotFoundError: model_path does not exist, or a workdir without checkpoint.
-      ValueError: model_path is neither a SavedModel nor a training workdir.
-    """
-    if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(f"{model_path}: no such file or directory")
-    export_dir = serving.find_saved_model(model_path)
-    if export_dir is not None:
-        predict_fn = saved_model_predict_fn(export_dir)
-        return predict_fn, f"SavedModel {export_dir}", predict_fn.classes
-    workdir = model_path
-    config_file = workdir_lib.CONFIG_FILE
-    if (not tf.io.gfile.exists(os.path.join(workdir, config_file))
-            and os.path.basename(os.path.normpath(workdir)) == workdir_lib.CHECKPOINT_DIR):
-        workdir = os.path.dirname(os.path.normpath(workdir))  # <workdir>/checkpoints given
-    if tf.io.gfile.exists(os.path.join(workdir, config_file)):
-        model, checkpoint = workdir_lib.load_model(workdir)
-        return (model_predict_fn(model), f"checkpoint {checkpoint}",
-                workdir_lib.read_classes(workdir))
-    raise ValueError(f"{model_path} is neither a SavedModel (saved_model.pb in it, or in "
-                     f"a numeric version subdirectory) nor a training workdir ({config_file} "
-                     f"and {workdir_lib.CHECKPOINT_DIR}/)")
-
-
-# ------------------------------------------------------------------------------------ classes --
-def _names_are_placeholders(classes: class_info.ClassInfo) -> bool:
-    """True for the class_<i> names ClassInfo.default gives a model that does not name its classes
-    (VOC's 21 names, the other default, are real names: such models are VOC's)."""
-    return (classes.num_classes != class_info.NUM_CLASSES
-            and classes.names == class_info.ClassInfo.default(classes.num_classes).names)
-
-
-def _count_and_names(classes: class_info.ClassInfo) -> str:
-    """E.g. "3 classes (background, circle, square)"; the first few names of a long list."""
-    return f"{classes.num_classes} classes ({convert_layout.format_names(classes.names)})"
-
-
-def scoring_classes(model: Optional[class_info.ClassInfo], data: Optional[class_info.ClassInfo], *,
-                    allow_class_mismatch: bool = False, model_name: str = "the model",
-                    data_name: str = "the records") -> Optional[class_info.ClassInfo]:
-    """The classes a model is scored with on some records, after checking that they agree.
-
-    Args:
-      model: the model's classes (None when it does not say).
-      data: the records' classes, from their manifest (records.read_classes; None without one).
-      allow_class_mismatch: accept other names for the same count (class i of the model is
-        taken to be class i of the records).
-      model_name, data_name: how error messages name the two.
-    Returns:
-      The model's classes where the names agree or the records say nothing; the records' where
-      the model does not name its classes (class_<i>), or other names are allowed (they are the
-      ground truth that the rows of the confusion matrix count); None when neither says.
-    Raises:
-      ValueError: the counts differ, or the names do without allow_class_mismatch.
-    """
-    if data is None or model is None:
-        return model or data
-    if model.num_classes != data.num_classes:
-        hint = (" (--allow_class_mismatch only covers other names for as many classes)"
-                if allow_class_mismatch else "")
-        raise ValueError(
-            f"{model_name} predicts {_count_and_names(model)} but {data_name} hold "
-            f"{_count_and_names(data)} by their manifest.json: evaluate a model trained on these "
-            f"classes, or records converted with the model's{hint}")
-    if model.names == data.names:
-        return model
-    if _names_are_placeholders(model):  # a model that does not name its classes
-        return data
-    differ = [f"id {i}: {m!r} vs {d!r}"
-              for i, (m, d) in enumerate(zip(model.names, data.names)) if m != d]
-    shown = ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
-    message = (f"{model_name} names its {_count_and_names(model)} otherwise than {data_name} "
-               f"in their manifest.json ({convert_layout.format_names(data.names)}; {shown})")
-    if not allow_class_mismatch:
-        raise ValueError(f"{message}; if each id is the same class in both, pass "
-                         "--allow_class_mismatch to score with the records' names")
-    logging.warning("%s; scoring with the records' names (--allow_class_mismatch)", message)
-    return data
-
-
-# --------------------------------------------------------------------------------- evaluation --
-def evaluate(predict_fn: PredictFn, dataset: tf.data.Dataset, num_classes: int, *,
-             max_images: int = 0, hooks: Sequence[Hook] = (), log_every: int = 100,
-             print_fn=print) -> Tuple[Dict[str, Any], np.ndarray]:
-    """Segments every image of `dataset` and scores the split with one confusion matrix.
-
-    Args:
-      predict_fn: uint8 (H, W, 3) RGB image -> {"labels": (H, W) integer class ids, ...}.
-      dataset: unbatched (image uint8 (H, W, 3), label uint8 (H, W, 1), filename string), e.g.
-        input_pipeline.eval_dataset(pattern).
-      num_classes: C; labels outside [0, C) (255) are not counted.
-      max_images: score only the first N images (0: all).
-      hooks: called with every image and its outputs (training computes its loss and keeps
-        TensorBoard pictures this way; the CLI saves coloured predictions).
-      log_every: a progress line every N images (0: none).
-      print_fn: where progress lines go.
-    Returns:
-      (scores, cm): metrics.scores of the total confusion matrix plus "num_images"; and that
-      (C, C) int64 matrix, rows = ground truth.
-    Raises:
-      ValueError: a prediction's size differs from its label's, or the split holds no pixel.
-    """
-    if max_images:
-        dataset = dataset.take(max_images)
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    start = time.perf_counter()
-    count = 0
-    for image, label, filename in dataset:
-        outputs = predict_fn(image)
-        prediction = outputs["labels"]
-        name = filename.numpy().decode("utf-8", errors="replace")
-        if tuple(prediction.shape) != tuple(label.shape[:2]):
-            raise ValueError(f"{name or f'image {count}'}: prediction of shape "
-                             f"{tuple(prediction.shape)} for a label of shape "
-                             f"{tuple(label.shape[:2])}")
-        cm += metrics.confusion_matrix(label, prediction, num_classes).numpy()
-        for hook in hooks:
-            hook(count, image, label, outputs, name)
-        count += 1
-        if log_every and count % log_every == 0:
-            print_fn(f"evaluated {count} images, {count / (time.perf_counter() - start):.2f} "
-                     "images/s")
-    if count == 0:
-        raise ValueError("the dataset holds no image")
-    if log_every and count % log_every:
-        print_fn(f"evaluated {count} images, {count / (time.perf_counter() - start):.2f} images/s")
-    result = metrics.scores(cm)
-    result["num_images"] = count
-    return result, cm
-
-
-def save_predictions_hook(directory: str, count: int, palette=class_info.VOC_PALETTE) -> Hook:
-    """A hook writing `<directory>/<filename id>.png` (palette PNG) for the first `count` images."""
-    os.makedirs(directory, exist_ok=True)
-
-    def hook(index, image, label, outputs, name):
-        if index < count:
-            stem = os.path.splitext(os.path.basename(name))[0] or f"{index:06d}"
-            predict_lib.write_mask_png(np.asarray(outputs["labels"]),
-                                       os.path.join(directory, f"{stem}.png"), palette)
-
-    return hook
-
-
-# ---------------------------------------------------------------------------------- reporting --
-def metrics_payload(result: Dict[str, Any], class_names: Sequence[str],
-                    **extra: Any) -> Dict[str, Any]:
-    """The scores plus "per_class": {name: {"iou", "accuracy", "gt_pixels"}} and `extra`."""
-    if len(class_names) != len(result["per_class_iou"]):
-        raise ValueError(f"{len(class_names)} class names for "
-                         f"{len(result['per_class_iou'])} classes")
-    payload = dict(result)
-    payload["per_class"] = {
-        name: {"iou": iou, "accuracy": acc, "gt_pixels": pixels}
-        for name, iou, acc, pixels in zip(class_names, result["per_class_iou"],
-                                          result["per_class_accuracy"],
-                                          result["per_class_gt_pixels"])}
-    payload.update(extra)
-    return payload
-
-
-def summary_line(result: Dict[str, Any]) -> str:
-    """One line with the four headline numbers."""
-    return (f"mean IU {result['mean_iou']:.4f} | pixel acc {result['pixel_accuracy']:.4f} | "
-            f"mean acc {result['mean_accuracy']:.4f} | "
-            f"fw IU {result['frequency_weighted_iou']:.4f}")
-
-
-def format_table(result: Dict[str, Any], class_names: Sequence[str]) -> str:
-    """A per-class table (IU, accuracy, GT pixels) followed by the summary numbers.
-
-    Classes with an empty union show "-" (they are not in the mean).
-    """
-    iou = result["per_class_iou"]
-    if len(class_names) != len(iou):
-        raise ValueError(f"{len(class_names)} class names for {len(iou)} classes")
-    width = max(14, max(len(name) for name in class_names))  # >= len("pixel accuracy")
-    fmt = lambda v: "     -" if v is None else f"{v:6.4f}"  # noqa: E731
-    lines = [f"{'class':<{width}}  {'IU':>6}  {'acc':>6}  {'GT pixels':>12}",
-             "-" * (width + 32)]
-    for name, class_iou, class_acc, pixels in zip(class_names, iou, result["per_class_accuracy"],
-                                                  result["per_class_gt_pixels"]):
-        lines.append(f"{name:<{width}}  {fmt(class_iou)}  {fmt(class_acc)}  {pixels:>12d}")
-    lines.append("-" * (width + 32))
-    lines.append(f"{'pixel accuracy':<{width}}  {result['pixel_accuracy']:6.4f}")
-    lines.append(f"{'mean accuracy':<{width}}  {result['mean_accuracy']:6.4f}")
-    lines.append(f"{'mean IU':<{width}}  {result['mean_iou']:6.4f}"
-                 f"   (over {result['num_classes_in_mean_iou']} classes with a non-empty union)")
-    lines.append(f"{'fw IU':<{width}}  {result['frequency_weighted_iou']:6.4f}")
-    return "\n".join(lines)
-
-
-
-_LOW = np.array([247, 251, 255], np.float64)    # white-blue for 0
-_HIGH = np.array([8, 48, 107], np.float64)      # dark blue for 1
-_EMPTY_ROW = (220, 220, 220)                    # rows with no GT pixel
-
-
-def _shade(fraction: float):
-    return tuple(int(round(c)) for c in _LOW + (_HIGH - _LOW) * fraction)
-
-
-def confusion_matrix_png(cm: np.ndarray, path: str, class_names: Sequence[str],
-                         cell: int = 24) -> None:
-    """Draws the row-normalised confusion matrix as a PNG heat map.
-
-    Each row (a ground-truth class) is divided by its pixel count, so cell [i, j] is the fraction
-    of class i's pixels predicted as j; the diagonal is the per-class accuracy. Cells show the
-    percentage when it is at least 1%; rows without GT pixels are grey. A colour bar on the right
-    maps 0..100%.
-
-    Args:
-      cm: (C, C) counts, rows = ground truth.
-      path: where to write the PNG.
-      class_names: C names for the axes.
-      cell: cell size in pixels.
-    """
-    cm = np.asarray(cm, dtype=np.float64)
-    n = cm.shape[0]
-    if len(class_names) != n:
-        raise ValueError(f"{len(class_names)} class names for a {n}x{n} confusion matrix")
-    rows = cm.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normalised = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
-
-    font = ImageFont.load_default()
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = lambda s: int(math.ceil(scratch.textlength(s, font=font)))  # noqa: E731
-    name_w = max(text_w(name) for name in class_names) + 8
-    title_h = 16
-    left, top = name_w + 14, name_w + title_h
-    bar_w, gap = 14, 16
-    right = gap + bar_w + text_w("100%") + 8
-    bottom = 24
-    width = left + n * cell + right
-    height = top + n * cell + bottom
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-
-    # Axis titles.
-    draw.text((left, 2), "columns: prediction", fill="black", font=font)
-    draw.text((2, top + n * cell + 6), "rows: ground truth (row-normalised)", fill="black",
-              font=font)
-    # Row labels (ground truth) and rotated column labels (prediction).
-    for i, name in enumerate(class_names):
-        draw.text((left - 6 - text_w(name), top + i * cell + (cell - 10) // 2), name,
-                  fill="black", font=font)
-        label = Image.new("L", (name_w, cell), 0)
-        ImageDraw.Draw(label).text((4, (cell - 10) // 2), name, fill=255, font=font)
-        label = label.rotate(90, expand=True)  # reads bottom-to-top
-        image.paste((0, 0, 0), (left + i * cell, title_h, left + (i + 1) * cell,
-                                title_h + name_w), label)
-    # Cells.
-    for i in range(n):
-        for j in range(n):
-            x0, y0 = left + j * cell, top + i * cell
-            value = normalised[i, j]
-            colour = _EMPTY_ROW if np.isnan(value) else _shade(value)
-            draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), fill=colour,
-                           outline=(255, 255, 255))
-            if not np.isnan(value) and value >= 0.01:
-                text = f"{int(round(100 * value))}"
-                ink = "white" if value > 0.5 else "black"
-                draw.text((x0 + (cell - text_w(text)) // 2, y0 + (cell - 10) // 2), text,
-                          fill=ink, font=font)
-    # Colour bar: 100% at the top, 0% at the bottom.
-    bar_x = left + n * cell + gap
-    bar_h = n * cell
-    for y in range(bar_h):
-        draw.line((bar_x, top + y, bar_x + bar_w - 1, top + y),
-                  fill=_shade(1.0 - y / max(bar_h - 1, 1)))
-    draw.rectangle((bar_x, top, bar_x + bar_w - 1, top + bar_h - 1), outline="black")
-    draw.text((bar_x + bar_w + 4, top - 4), "100%", fill="black", font=font)
-    draw.text((bar_x + bar_w + 4, top + bar_h - 8), "0%", fill="black", font=font)
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    image.save(path, format="PNG")
-
-
-# ---------------------------------------------------------------------------------------- main --
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -379,7 +42,7 @@ def main(argv):
         records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
         found = records.read_classes(FLAGS.data)  # the converter's manifest beside the records
         data_classes = None if found is None else class_info.ClassInfo.from_json(found)
-        predict_fn, loaded, model_classes = load_predict_fn(FLAGS.model)
+        predict_fn, loaded, model_classes = evaluator.load_predict_fn(FLAGS.model)
         if (model_classes is not None and FLAGS.num_classes is not None
                 and FLAGS.num_classes != model_classes.num_classes):
             raise ValueError(f"--num_classes={FLAGS.num_classes} but {FLAGS.model} predicts "
@@ -388,7 +51,7 @@ def main(argv):
         if data_classes is None:
             logging.warning("--data=%s: no manifest.json with classes beside the records, so "
                             "the model's classes are not checked against theirs", FLAGS.data)
-        classes = scoring_classes(model_classes, data_classes,
+        classes = evaluator.scoring_classes(model_classes, data_classes,
                                   allow_class_mismatch=FLAGS.allow_class_mismatch,
                                   model_name=f"--model={FLAGS.model}",
                                   data_name=f"the records of --data={FLAGS.data}")
@@ -406,12 +69,12 @@ def main(argv):
 
     hooks = []
     if FLAGS.save_predictions:
-        hooks.append(save_predictions_hook(os.path.join(FLAGS.output_dir, "predictions"),
+        hooks.append(evaluator.save_predictions_hook(os.path.join(FLAGS.output_dir, "predictions"),
                                            FLAGS.save_predictions, classes.palette))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
         with input_pipeline.data_errors_named(FLAGS.data):
-            result, cm = evaluate(predict_fn, dataset, num_classes, hooks=hooks,
+            result, cm = evaluator.evaluate(predict_fn, dataset, num_classes, hooks=hooks,
                                   print_fn=lambda line: print(line, flush=True))
     except (ValueError, records.DataError) as e:  # wrong size, no image, a broken record
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
@@ -419,19 +82,19 @@ def main(argv):
         raise SystemExit(f"fcn8s_tf.evaluate: error: {e.message}") from None
 
     class_names = classes.names
-    print(format_table(result, class_names))
-    print(f"{summary_line(result)} | {result['num_images']} images")
+    print(evaluator.format_table(result, class_names))
+    print(f"{evaluator.summary_line(result)} | {result['num_images']} images")
     json_path = os.path.join(FLAGS.output_dir, "metrics.json")
     extra = {}
     if model_classes is not None and model_classes.names != class_names:  # the records' names
         extra["model_class_names"] = list(model_classes.names)
-    workdir_lib.write_json(json_path, metrics_payload(
+    workdir_lib.write_json(json_path, evaluator.metrics_payload(
         result, class_names, model=FLAGS.model, model_loaded=loaded, data=FLAGS.data,
         confusion_matrix=cm, **extra))
     print(f"Wrote {json_path}")
     if FLAGS.confusion_png:
         png_path = os.path.join(FLAGS.output_dir, "confusion_matrix.png")
-        confusion_matrix_png(cm, png_path, class_names)
+        render.confusion_matrix_png(cm, png_path, class_names)
         print(f"Wrote {png_path}")
     if FLAGS.save_predictions:
         print(f"Wrote {min(FLAGS.save_predictions, result['num_images'])} predictions in "

@@ -29,7 +29,7 @@ import tensorflow as tf
 from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
 from fcn8s_tf.training import distribute
-from fcn8s_tf import evaluate as evaluate_lib
+from fcn8s_tf.evaluation import evaluator as evaluate_lib
 from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf.data import input_pipeline
@@ -251,7 +251,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _InTrainingEval:
-    """Evaluates the training model with the one evaluator (fcn8s_tf/evaluate.py) and logs it.
+    """Evaluates the training model with the one evaluator (fcn8s_tf/evaluation/evaluator.py) and logs it.
 
     Uses an any-size float32 twin of the model (model/fcn8s.py serving_twin), built at first use and kept
     in sync by copying the weights; the export at the end reuses it.

@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import evaluate as evaluate_lib
+from fcn8s_tf import render
+from fcn8s_tf.evaluation import evaluator as evaluate_lib
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.evaluation import metrics
 from fcn8s_tf.model import fcn8s as model_lib
@@ -464,11 +465,11 @@ def test_confusion_matrix_png(tmp_path):
     cm = rng.integers(0, 1000, size=(NUM_CLASSES, NUM_CLASSES))
     cm[5] = 0  # a class with no GT pixel: a grey row
     path = tmp_path / "cm.png"
-    evaluate_lib.confusion_matrix_png(cm, str(path), VOC_CLASSES)
+    render.confusion_matrix_png(cm, str(path), VOC_CLASSES)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB"
         assert image.width > 21 * 24 and image.height > 21 * 24
         pixels = np.asarray(image)
     assert (pixels == (220, 220, 220)).all(axis=-1).sum() > 21 * 100  # the grey row is there
     with pytest.raises(ValueError, match="class names"):
-        evaluate_lib.confusion_matrix_png(cm, str(path), VOC_CLASSES[:3])
+        render.confusion_matrix_png(cm, str(path), VOC_CLASSES[:3])

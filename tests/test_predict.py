@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import predict
+from fcn8s_tf import render
+from fcn8s_tf.serving import client as predict
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_local_saved_model_writes_masks_and_overlays(export_base, images, tmp_pa
 def test_overlay_leaves_void_pixels_alone():
     rgb = np.full((2, 2, 3), 100, np.uint8)
     labels = np.array([[0, PERSON], [IGNORE_LABEL, 1]])
-    out = predict.overlay(rgb, labels)
+    out = render.overlay(rgb, labels)
     np.testing.assert_array_equal(out[1, 0], rgb[1, 0])
     np.testing.assert_array_equal(out[0, 0], [50, 50, 50])  # background is black in the palette
     np.testing.assert_array_equal(out[0, 1], np.round(50 + VOC_PALETTE[PERSON] / 2))

@@ -82,7 +82,7 @@ def test_two_steps_export_then_resume(tmp_path, caplog):
     assert (workdir / "flags.txt").read_text() == "--seed=0\n"
     # The in-training evaluation is the evaluator's: the export, scored by `evaluate`, gives the
     # same numbers (same weights, same images, same any-size float32 net).
-    from fcn8s_tf import evaluate as evaluate_lib
+    from fcn8s_tf.evaluation import evaluator as evaluate_lib
     from fcn8s_tf.data import input_pipeline
     predict_fn, _, _ = evaluate_lib.load_predict_fn(result["export"])
     again, _ = evaluate_lib.evaluate(predict_fn, input_pipeline.eval_dataset(config.val_data), 3,

@@ -41,7 +41,7 @@ DEFAULT_SHUFFLE_BUFFER = 1024  # serialized records (~0.1 MB each for VOC): ~100
 _MAX_OPEN_FILES = 16  # files read at once by the interleave
 _MAX_BAD_VALUES_SHOWN = 5
 
-# The owner is records.list_files; train.py and evaluate.py call it by this name.
+# The owner is records.list_files; training and evaluation call it by this name.
 list_files = records.list_files
 
 

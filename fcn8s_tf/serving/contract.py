@@ -1,7 +1,7 @@
 """The serving contract: SavedModel layout, signatures, request limits and the TF Serving warmup file.
 
 This module is the one owner of what a deployed FCN-8s looks like from outside. `export.py` builds
-exports with it; `predict.py`, `evaluate.py` and the benchmark find and call exports through the names
+exports with it; `serving/client.py`, `evaluation/evaluator.py` and the benchmark find and call exports through the names
 defined here. Nothing in an export needs project code at serve time: preprocessing (RGB->BGR, mean),
 decoding and the per-request limit are in the graph.
 

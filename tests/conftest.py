@@ -22,7 +22,7 @@ def trained_workdir(tmp_path_factory) -> Path:
     """One tiny trained run (2 steps, 3 classes, fc 16, float32) with its export, built once per
     test session for the tests that only need *a* trained workdir. Treat it as read-only: a test
     that changes a run trains its own."""
-    from fcn8s_tf import train as train_lib
+    from fcn8s_tf.training import loop as train_lib
     from test_train import tiny_config  # pytest puts tests/ on sys.path
     config = tiny_config(tmp_path_factory.mktemp("trained"), precision="float32",
                          learning_rate=0.05)

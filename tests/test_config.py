@@ -132,7 +132,7 @@ def test_explicit_precision_is_kept():
 @pytest.mark.parametrize("precision", config_lib.POLICIES)
 def test_one_training_step_under_each_policy(tmp_path, precision):
     """mixed_float16 goes through LossScaleOptimizer, which only this test runs."""
-    from fcn8s_tf import train as train_lib
+    from fcn8s_tf.training import loop as train_lib
     from test_train import write_records
     config = config_lib.TrainConfig(
         train_data=write_records(tmp_path / "records", "train", 2, 1), workdir=str(tmp_path / "run"),

@@ -35,7 +35,9 @@ from PIL import Image
 
 from fcn8s_tf.model import caffe
 from fcn8s_tf.data import records
-from fcn8s_tf import train as train_lib
+from fcn8s_tf.training import loop as train_lib
+from fcn8s_tf.training import step as step_lib
+from fcn8s_tf import config as config_lib
 from fcn8s_tf.training import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -905,7 +907,7 @@ def test_init_from_starts_from_the_imported_weights(tmp_path, imported_workdir):
     # order), without augmentation or dropout, in float32 (precision=auto picks bfloat16 on a CPU
     # with AVX512_BF16, 1e-3 off): the step-0 loss is the imported net's loss on exactly these
     # pixels.
-    config = train_lib.TrainConfig(
+    config = config_lib.TrainConfig(
         train_data=_write_png_records(tmp_path / "records", images, labels),
         workdir=str(tmp_path / "finetune"), init_from=str(workdir), base_size=size,
         crop_size=size, scale_range=(1.0, 1.0), flip_prob=0.0, num_classes=NUM_CLASSES,
@@ -916,7 +918,7 @@ def test_init_from_starts_from_the_imported_weights(tmp_path, imported_workdir):
 
     model, _ = workdir_lib.load_model(str(workdir))
     logits = model(preprocess(np.stack(images)), training=False)
-    loss_sum, count = train_lib.masked_cross_entropy(logits, np.stack(labels))
+    loss_sum, count = step_lib.masked_cross_entropy(logits, np.stack(labels))
     expected = float(loss_sum / count)
     assert abs(expected - np.log(NUM_CLASSES)) > 0.1  # not the zero-logit loss of a fresh net
     np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)

@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf.serving import contract as serving
-from fcn8s_tf import train as train_lib
+from fcn8s_tf.training import loop as train_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
 from test_train import tiny_config  # pytest puts tests/ on sys.path (rootdir conftest)

@@ -23,7 +23,9 @@ from PIL import Image
 
 from fcn8s_tf.training import distribute
 from fcn8s_tf.data import records
-from fcn8s_tf import train as train_lib
+from fcn8s_tf.training import loop as train_lib
+from fcn8s_tf.training import step as step_lib
+from fcn8s_tf import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,7 @@ def write_records(directory: Path, split: str, num_examples: int, num_shards: in
     return str(directory / f"{split}-*.tfrecord")
 
 
-def tiny_config(tmp_path: Path, **overrides) -> train_lib.TrainConfig:
+def tiny_config(tmp_path: Path, **overrides) -> config_lib.TrainConfig:
     data = tmp_path / "records"
     settings = dict(
         train_data=write_records(data, "train", 8, 2),
@@ -62,7 +64,7 @@ def tiny_config(tmp_path: Path, **overrides) -> train_lib.TrainConfig:
         backbone_weights=None, fc_units=16, train_steps=2, batch_size=2, learning_rate=1e-3,
         log_every=1, checkpoint_every=1, eval_every=2, tb_images=1, shuffle_buffer=8)
     settings.update(overrides)
-    return train_lib.TrainConfig(**settings)
+    return config_lib.TrainConfig(**settings)
 
 
 @pytest.mark.slow
@@ -118,7 +120,7 @@ def test_two_steps_export_then_resume(tmp_path, caplog):
 def test_masked_cross_entropy_ignores_void():
     logits = tf.constant([[[[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]]]])  # (1, 1, 3, 2)
     labels = tf.constant([[[0, 0, 255]]])
-    loss_sum, count = train_lib.masked_cross_entropy(logits, labels)
+    loss_sum, count = step_lib.masked_cross_entropy(logits, labels)
     expected = -np.log(np.exp(2) / (np.exp(2) + 1)) - np.log(1 / (1 + np.exp(2)))
     assert float(count) == 2.0
     np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-6)
@@ -132,13 +134,13 @@ def test_missing_records_named(tmp_path):
 
 def test_nan_loss_stops_with_step(tmp_path, monkeypatch):
     # Poison the loss from the first step on: the loop must stop at once and name the step.
-    real = train_lib.masked_cross_entropy
+    real = step_lib.masked_cross_entropy
 
     def nan_loss(logits, labels):
         loss_sum, count = real(logits, labels)
         return loss_sum * np.nan, count
 
-    monkeypatch.setattr(train_lib, "masked_cross_entropy", nan_loss)
+    monkeypatch.setattr(step_lib, "masked_cross_entropy", nan_loss)
     config = tiny_config(tmp_path, train_steps=5)
     with pytest.raises(train_lib.NonFiniteLossError, match="at step 1"):
         train_lib.train(config)
@@ -156,8 +158,10 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from fcn8s_tf.training import distribute
-    from fcn8s_tf import train as train_lib
-    config = train_lib.TrainConfig(train_data="unused", workdir="unused", num_classes=3,
+    from fcn8s_tf.training import loop as train_lib
+    from fcn8s_tf.training import step as step_lib
+    from fcn8s_tf import config as config_lib
+    config = config_lib.TrainConfig(train_data="unused", workdir="unused", num_classes=3,
         backbone_weights=None, fc_units=16, dropout_rate=0.0, crop_size=24, scale_range=(1.0, 1.0),
         flip_prob=0.0, batch_size=4, learning_rate=1e-2)
     rng = np.random.default_rng(0)
@@ -167,7 +171,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     labels[:2, :20] = 255
     divisible_error = ""
     try:
-        train_lib.train(train_lib.TrainConfig(**{**config.__dict__, "batch_size": 3,
+        train_lib.train(config_lib.TrainConfig(**{**config.__dict__, "batch_size": 3,
                                                  "train_steps": 1}),
                         devices=["/cpu:0", "/cpu:1"])
     except ValueError as e:
@@ -177,14 +181,14 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         strategy = distribute.make_strategy(devices)
         with strategy.scope():
-            model, _ = train_lib.build_model_and_optimizer(config, total_steps=1)
+            model, _ = step_lib.build_model_and_optimizer(config, total_steps=1)
             # Plain SGD: its update is proportional to the gradient, so a wrong cross-replica
             # reduction (e.g. a mean of per-replica means) shows in the weights; Adam's first
             # step is ~lr * sign(gradient) and would hide it.
             optimizer = keras.optimizers.SGD(learning_rate=1.0)
             optimizer.build(model.trainable_variables)
         initial = model.get_weights()  # same seed, so the same start for both strategies
-        step = train_lib.make_train_step(strategy, model, optimizer, config)
+        step = step_lib.make_train_step(strategy, model, optimizer, config)
         dataset = tf.data.Dataset.from_tensors((images, labels))
         batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
         loss, count = step(batch, tf.constant(0, tf.int64))
@@ -248,9 +252,9 @@ def test_multi_worker_two_processes(tmp_path):
 # ---------------------------------------------------------------------- schedules, steps, chief --
 @pytest.mark.parametrize("schedule", ["constant", "poly", "cosine"])
 def test_learning_rate_schedules(schedule):
-    config = train_lib.TrainConfig(train_data="x", workdir="w", learning_rate=1e-3,
+    config = config_lib.TrainConfig(train_data="x", workdir="w", learning_rate=1e-3,
                                    lr_schedule=schedule, warmup_steps=4)
-    lr = train_lib.make_learning_rate(config, total_steps=14)
+    lr = step_lib.make_learning_rate(config, total_steps=14)
     values = [float(lr(tf.constant(step))) for step in range(14)]
     # Linear warm-up to the peak over 4 steps...
     np.testing.assert_allclose(values[:4], [2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
@@ -268,19 +272,19 @@ def test_learning_rate_schedules(schedule):
 
 
 def test_no_warmup_constant_is_a_plain_float():
-    config = train_lib.TrainConfig(train_data="x", workdir="w", learning_rate=3e-4)
-    assert train_lib.make_learning_rate(config, total_steps=10) == 3e-4
+    config = config_lib.TrainConfig(train_data="x", workdir="w", learning_rate=3e-4)
+    assert step_lib.make_learning_rate(config, total_steps=10) == 3e-4
 
 
 def test_epochs_count_the_records(tmp_path):
     pattern = write_records(tmp_path / "records", "train", 10, 2)
-    config = train_lib.TrainConfig(train_data=pattern, workdir="w", epochs=2.5, batch_size=4)
-    assert train_lib.resolve_train_steps(config) == 7  # ceil(2.5 * 10 / 4)
+    config = config_lib.TrainConfig(train_data=pattern, workdir="w", epochs=2.5, batch_size=4)
+    assert step_lib.resolve_train_steps(config) == 7  # ceil(2.5 * 10 / 4)
     # A manifest (as the converter writes) that disagrees with the files is an error naming them.
     (tmp_path / "records" / "manifest.json").write_text(json.dumps({"splits": {"train": {
         "shards": [{"file": f"train-{i:05d}-of-00002.tfrecord", "count": 50} for i in range(2)]}}}))
     with pytest.raises(records.DataError, match="train-00000-of-00002.tfrecord"):
-        train_lib.resolve_train_steps(config)
+        step_lib.resolve_train_steps(config)
 
 
 @pytest.mark.parametrize("cluster, task, chief", [

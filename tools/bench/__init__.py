@@ -17,7 +17,7 @@ cannot leak into the next):
   pipeline   input_pipeline.train_dataset (read, decode, resize, batch): images/s, CPU ms/image.
   augment    augment.augment_batch in a tf.function at each training batch size: ms per batch.
   flops      counted analytically from the model, cross-checked with TensorFlow's graph profiler.
-  train      the real training step, train.make_train_step (on-device augmentation, forward, masked
+  train      the real training step, training/step.py's make_train_step (on-device augmentation, forward, masked
              cross-entropy, gradients, Adam) per precision, XLA on/off, fixed/dynamic input and
              batch size (sweep.py decides which combinations).
   inference  the SavedModels of serving/export.py export_saved_model in float32 and, where bf16 is native,

@@ -149,7 +149,7 @@ def _training(results: Dict) -> List[str]:
     s, flops = results["settings"], results.get("flops") or {}
     lines = ["", f"## Training step: FCN-8s, {s['num_classes']} classes, fc {s['fc_units']}, "
              f"{s['image_size']}x{s['image_size']} crops", "",
-             f"The real step (train.make_train_step: augmentation, forward, loss, gradients, "
+             f"The real step (training/step.py make_train_step: augmentation, forward, loss, gradients, "
              f"Adam) on a synthetic batch. {_num(flops.get('train_gflop'), 1)} GFLOP per image "
              "(see FLOPs below). Time: median of the timed steps after an untimed first step "
              "(which includes tracing and XLA compilation). 'of ceiling' divides by the matmul "

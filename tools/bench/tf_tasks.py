@@ -19,7 +19,7 @@ from fcn8s_tf.training import distribute
 from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
-from fcn8s_tf import train as train_lib
+from fcn8s_tf.training import step as step_lib
 
 
 def model(progress, image_size: int, fc_units: int, num_classes: int,
@@ -70,7 +70,7 @@ def _synthetic_batches(batch_size: int, image_size: int, num_classes: int, seed:
 def _build_train_step(precision: str, xla: bool, input_shape: str, batch_size: int,
                       image_size: int, fc_units: int, num_classes: int, seed: int):
     """(step function, distributed iterator, build seconds) as fcn8s_tf.train sets them up."""
-    config = train_lib.TrainConfig(
+    config = config_lib.TrainConfig(
         train_data="", workdir="", base_size=image_size, crop_size=image_size,
         num_classes=num_classes, backbone_weights=None, fc_units=fc_units,
         batch_size=batch_size, precision=precision, xla=xla, seed=seed,
@@ -78,7 +78,7 @@ def _build_train_step(precision: str, xla: bool, input_shape: str, batch_size: i
     strategy = distribute.make_strategy()
     start = time.perf_counter()
     with strategy.scope():
-        net, optimizer = train_lib.build_model_and_optimizer(config, 10**6)
+        net, optimizer = step_lib.build_model_and_optimizer(config, 10**6)
     build_s = time.perf_counter() - start
     built_shape = list(net.inputs[0].shape[1:3])
     expected = [image_size] * 2 if input_shape == "fixed" else [None, None]
@@ -87,13 +87,13 @@ def _build_train_step(precision: str, xla: bool, input_shape: str, batch_size: i
                            f"built input size {built_shape}")
     dataset = _synthetic_batches(batch_size, image_size, num_classes, seed)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    return train_lib.make_train_step(strategy, net, optimizer, config), iterator, build_s
+    return step_lib.make_train_step(strategy, net, optimizer, config), iterator, build_s
 
 
 def train(progress, precision: str, xla: bool, input_shape: str, batch_size: int,
           image_size: int, fc_units: int, num_classes: int, repeats: int,
           deadline_unix: float, seed: int = 0) -> Dict:
-    """Times training steps through train.make_train_step, as fcn8s_tf.train runs them.
+    """Times training steps through training/step.py's make_train_step, as fcn8s_tf.train runs them.
 
     Records the build time and each step's wall and CPU seconds through `progress` (so a child
     killed at its deadline still reports them); sweep.summarise_train_entry turns them into

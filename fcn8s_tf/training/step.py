@@ -124,7 +124,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
             logits = model(images, training=True)
             loss_sum, _ = masked_cross_entropy(logits, labels)
             # Dividing by the GLOBAL count, then summing gradients over replicas, gives exactly the
-            # gradient of the mean over every valid pixel of the global batch (docs/DESIGN.md, "The loss is a global-pixel mean").
+            # gradient of the mean over every valid pixel of the global batch (docs/DESIGN.md,
+            # "The loss is a global-pixel mean").
             loss = loss_sum / tf.maximum(global_count, 1.0)
             scaled = optimizer.scale_loss(loss) if loss_scaled else loss
         grads = tape.gradient(scaled, model.trainable_variables)

@@ -11,7 +11,7 @@ from absl import flags
 import tensorflow as tf
 
 from fcn8s_tf import config as config_lib
-from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import budget as serving_budget
 from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf.training import workdir as workdir_lib
 
@@ -44,11 +44,11 @@ def define_flags() -> None:
                         "checkpoints/).", required=True)
     flags.DEFINE_string("export_dir", "", "Export base directory; default <workdir>/export.")
     flags.DEFINE_integer("version", None, "Numeric version; default: one more than the highest.")
-    flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
+    flags.DEFINE_integer("max_image_pixels", serving_budget.DEFAULT_MAX_IMAGE_PIXELS,
                          "Serving budget per image: an image whose padded area exceeds that of a "
                          "square of this many pixels is downscaled at serve time; one of more than "
                          "4x this many pixels is refused.", lower_bound=1)
-    flags.DEFINE_integer("max_output_bytes", serving.DEFAULT_MAX_OUTPUT_BYTES,
+    flags.DEFINE_integer("max_output_bytes", serving_budget.DEFAULT_MAX_OUTPUT_BYTES,
                          "Serving budget per request: a request whose answer (labels, plus "
                          "probabilities where asked for) would take more bytes is refused.",
                          lower_bound=1)

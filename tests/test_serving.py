@@ -23,6 +23,8 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import budget as serving_budget
+from fcn8s_tf.serving import warmup as serving_warmup
 from fcn8s_tf.training import loop as train_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
@@ -211,7 +213,7 @@ def test_every_signature_runs_under_the_session_loader(exports):
         for case, answer in zip(entry["warmup_cases"], entry["warmup_session"]):
             assert "error" not in answer, (name, case["signature"], answer)
             if case["signature"] != serving.SIGNATURE_METADATA:
-                assert answer["labels"]["shape"][1:3] == list(serving.WARMUP_IMAGE_SIZE)
+                assert answer["labels"]["shape"][1:3] == list(serving_warmup.WARMUP_IMAGE_SIZE)
 
 
 def _truncated(data: bytes) -> bytes:
@@ -271,12 +273,12 @@ def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     small = big[:, :40, :40]  # exactly at the limit: untouched
     out = loaded.signatures["serving_uint8"](images=tf.constant(big))
     assert out["labels"].shape == (1, 61, 83) and out["probabilities"].shape == (1, 61, 83, 3)
-    size = serving.net_input_size(61, 83, limit).numpy()
+    size = serving_budget.net_input_size(61, 83, limit).numpy()
     # The image scaled, aspect kept, until its padded area fits (both sides rounded down).
     assert (size[0] + 200) * (size[1] + 200) <= 240 * 240 < (size[0] + 201) * (size[1] + 201)
     assert list(size) == [33, 46]
     # A strip one pixel high keeps that pixel, and takes all the width the budget leaves.
-    assert list(serving.net_input_size(1, 50000, limit).numpy()) == [1, 240 * 240 // 201 - 200]
+    assert list(serving_budget.net_input_size(1, 50000, limit).numpy()) == [1, 240 * 240 // 201 - 200]
     resized = tf.image.resize(big, size, antialias=True)
     logits = model(model_lib.preprocess(resized), training=False)
     labels = tf.argmax(logits, -1, output_type=tf.int32)[..., tf.newaxis]
@@ -298,7 +300,7 @@ def test_warmup_record_is_a_prediction_log():
         "tensorflow_serving.apis.prediction_log_pb2",
         reason="tensorflow-serving-api (installed by `make install` with --no-deps) is needed to "
                "parse the warmup file back")
-    records = serving.warmup_requests("my_model")
+    records = serving_warmup.warmup_requests("my_model")
     assert sorted(records) == sorted(serving.ALL_SIGNATURES)
     for signature, record in records.items():
         log = prediction_log_pb2.PredictionLog.FromString(record)

@@ -56,9 +56,11 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from fcn8s_tf.protobuf import FIXED32, FIXED64, LENGTH, VARINT, WireError, decode_varint, fields
 
 
 class WeightsError(ValueError):
@@ -66,65 +68,10 @@ class WeightsError(ValueError):
 
 
 # ---------------------------------------------------------------------------- wire format --
-# Protobuf wire types (https://protobuf.dev/programming-guides/encoding/). Groups (3, 4) are never
-# written by Caffe, so meeting one means the bytes are not a caffemodel.
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
-_MAX_VARINT_BYTES = 10
-
-
-class _WireError(Exception):
-    """Malformed protobuf bytes; read_caffemodel adds the file's name and what was being read."""
-
-
-def _varint(buf, pos: int, end: int) -> Tuple[int, int]:
-    """Decodes one base-128 varint at buf[pos:end]; returns (value, position after it)."""
-    result = shift = 0
-    for _ in range(_MAX_VARINT_BYTES):
-        if pos >= end:
-            raise _WireError(f"a varint runs past the end of its message (byte {pos})")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-    raise _WireError(f"a varint longer than {_MAX_VARINT_BYTES} bytes (ending at byte {pos})")
-
-
-def _fields(buf, start: int, end: int) -> Iterator[Tuple[int, int, object, int]]:
-    """Yields (field number, wire type, value, byte offset) for each field of buf[start:end].
-
-    value is the integer of a varint, else the (begin, stop) byte span of the payload: nothing is
-    copied, so a 400 MB blob costs nothing until its array is materialised.
-    """
-    pos = start
-    while pos < end:
-        at = pos
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _WireError(f"field number 0 at byte {at}")
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos, end)
-        elif wire in (_LENGTH, _FIXED64, _FIXED32):
-            if wire == _LENGTH:
-                size, pos = _varint(buf, pos, end)
-            else:
-                size = 8 if wire == _FIXED64 else 4
-            if size > end - pos:
-                raise _WireError(f"field {number} at byte {at} declares {size} bytes but only "
-                                 f"{end - pos} remain in its message (file truncated?)")
-            value = (pos, pos + size)
-            pos += size
-        else:
-            raise _WireError(f"wire type {wire} (field {number}) at byte {at}, which Caffe never "
-                             "writes")
-        yield number, wire, value, at
-
-
+# The wire format itself (varints, fields) is fcn8s_tf/protobuf.py's; what follows is Caffe's.
 def _expect(wire: int, expected: int, what: str, at: int) -> None:
     if wire != expected:
-        raise _WireError(f"{what} at byte {at} has wire type {wire}, expected {expected}")
+        raise WireError(f"{what} at byte {at} has wire type {wire}, expected {expected}")
 
 
 def _string(buf, span) -> str:
@@ -165,7 +112,7 @@ _V1_TYPES = {
 
 
 # BlobProto's value fields: their dtype, and the wire type of one value written unpacked.
-_VALUE_FIELDS = {_BLOB_DATA: ("<f4", _FIXED32), _BLOB_DOUBLE_DATA: ("<f8", _FIXED64)}
+_VALUE_FIELDS = {_BLOB_DATA: ("<f4", FIXED32), _BLOB_DOUBLE_DATA: ("<f8", FIXED64)}
 
 
 def _value_count(wire: int, value, field: int) -> int:
@@ -173,12 +120,12 @@ def _value_count(wire: int, value, field: int) -> int:
     dtype, single_wire = _VALUE_FIELDS[field]
     if wire == single_wire:
         return 1
-    if wire != _LENGTH:
-        raise _WireError(f"a {dtype} array field has wire type {wire}")
+    if wire != LENGTH:
+        raise WireError(f"a {dtype} array field has wire type {wire}")
     begin, stop = value
     itemsize = np.dtype(dtype).itemsize
     if (stop - begin) % itemsize:
-        raise _WireError(f"a packed {dtype} array of {stop - begin} bytes at byte {begin} is not "
+        raise WireError(f"a packed {dtype} array of {stop - begin} bytes at byte {begin} is not "
                          f"a multiple of {itemsize}")
     return (stop - begin) // itemsize
 
@@ -227,16 +174,16 @@ class WeightsFile:
 
 def _read_shape(buf, span) -> List[int]:
     dims = []
-    for number, wire, value, at in _fields(buf, *span):
+    for number, wire, value, at in fields(buf, *span):
         if number != _SHAPE_DIM:
             continue
-        if wire == _VARINT:
+        if wire == VARINT:
             dims.append(_int32(value))
         else:
-            _expect(wire, _LENGTH, "BlobShape.dim", at)
+            _expect(wire, LENGTH, "BlobShape.dim", at)
             pos, stop = value
             while pos < stop:
-                dim, pos = _varint(buf, pos, stop)
+                dim, pos = decode_varint(buf, pos, stop)
                 dims.append(_int32(dim))
     return dims
 
@@ -247,12 +194,12 @@ def _declare_blob(buf, span) -> DeclaredBlob:
     dims: Optional[List[int]] = None
     counts = {field: 0 for field in _VALUE_FIELDS}
     present = set()
-    for number, wire, value, at in _fields(buf, *span):
+    for number, wire, value, at in fields(buf, *span):
         if number in _BLOB_LEGACY:
-            _expect(wire, _VARINT, f"BlobProto field {number}", at)
+            _expect(wire, VARINT, f"BlobProto field {number}", at)
             legacy[number] = _int32(value)
         elif number == _BLOB_SHAPE:
-            _expect(wire, _LENGTH, "BlobProto.shape", at)
+            _expect(wire, LENGTH, "BlobProto.shape", at)
             dims = _read_shape(buf, value)
         elif number in _VALUE_FIELDS:
             counts[number] += _value_count(wire, value, number)
@@ -263,11 +210,11 @@ def _declare_blob(buf, span) -> DeclaredBlob:
     else:
         shape = tuple(dims or ())
     if any(d < 0 for d in shape):
-        raise _WireError(f"a blob declares a negative shape {shape}")
+        raise WireError(f"a blob declares a negative shape {shape}")
     field = _BLOB_DOUBLE_DATA if _BLOB_DOUBLE_DATA in present else _BLOB_DATA
     count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
     if counts[field] != count:
-        raise _WireError(f"a blob declares shape {shape} ({count} values) but holds "
+        raise WireError(f"a blob declares shape {shape} ({count} values) but holds "
                          f"{counts[field]}")
     return DeclaredBlob(shape, functools.partial(_read_values, buf, span, field, shape))
 
@@ -283,7 +230,7 @@ def _read_values(buf, span, field: int, shape: Tuple[int, ...]) -> np.ndarray:
     itemsize = np.dtype(dtype).itemsize
     values = np.empty(math.prod(shape), np.float32)
     filled = 0
-    for number, _, value, _ in _fields(buf, *span):
+    for number, _, value, _ in fields(buf, *span):
         if number != field:
             continue
         begin, stop = value
@@ -297,35 +244,35 @@ def _read_values(buf, span, field: int, shape: Tuple[int, ...]) -> np.ndarray:
 def _read_layer(buf, span, v1: bool) -> Layer:
     name_field, type_field, blobs_field, conv_field = _V1_LAYER_FIELDS if v1 else _LAYER_FIELDS
     name, type_name, group, blob_spans = "", "", 1, []
-    for number, wire, value, at in _fields(buf, *span):
+    for number, wire, value, at in fields(buf, *span):
         if number == name_field:
-            _expect(wire, _LENGTH, "layer name", at)
+            _expect(wire, LENGTH, "layer name", at)
             name = _string(buf, value)
         elif number == type_field:
             if v1:
-                _expect(wire, _VARINT, "V1 layer type", at)
+                _expect(wire, VARINT, "V1 layer type", at)
                 type_name = _V1_TYPES.get(value, f"V1 type {value}")
             else:
-                _expect(wire, _LENGTH, "layer type", at)
+                _expect(wire, LENGTH, "layer type", at)
                 type_name = _string(buf, value)
         elif number == blobs_field:
-            _expect(wire, _LENGTH, "layer blob", at)
+            _expect(wire, LENGTH, "layer blob", at)
             blob_spans.append(value)
         elif number == conv_field:
-            _expect(wire, _LENGTH, "convolution_param", at)
-            for sub, sub_wire, sub_value, sub_at in _fields(buf, *value):
+            _expect(wire, LENGTH, "convolution_param", at)
+            for sub, sub_wire, sub_value, sub_at in fields(buf, *value):
                 if sub == _CONV_GROUP:
-                    _expect(sub_wire, _VARINT, "convolution_param.group", sub_at)
+                    _expect(sub_wire, VARINT, "convolution_param.group", sub_at)
                     group = sub_value
         elif v1 and number == _V1_V0_LAYER:
-            raise _WireError("the layers are in Caffe's V0 format (before 2014), which is not "
+            raise WireError("the layers are in Caffe's V0 format (before 2014), which is not "
                              "read here; upgrade the file with Caffe's upgrade_net_proto_binary")
     blobs = []
     for i, blob_span in enumerate(blob_spans):
         try:
             blobs.append(_declare_blob(buf, blob_span))
-        except _WireError as e:
-            raise _WireError(f"layer {name!r} blob {i}: {e}") from None
+        except WireError as e:
+            raise WireError(f"layer {name!r} blob {i}: {e}") from None
     return Layer(name=name, type=type_name, blobs=blobs, group=group)
 
 
@@ -349,21 +296,21 @@ def read_caffemodel(path: str, check: Optional[Callable[[WeightsFile], None]] = 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         layers, v1_layers, net_name, where = [], [], "", "the NetParameter"
         try:
-            for number, wire, value, at in _fields(buf, 0, size):
-                if number == _NET_NAME and wire == _LENGTH:
+            for number, wire, value, at in fields(buf, 0, size):
+                if number == _NET_NAME and wire == LENGTH:
                     net_name = _string(buf, value)
                 elif number in (_NET_LAYER, _NET_LAYERS_V1):
                     where = f"the layer at byte {at}"
-                    _expect(wire, _LENGTH, f"NetParameter field {number}", at)
+                    _expect(wire, LENGTH, f"NetParameter field {number}", at)
                     if len(layers) + len(v1_layers) == _MAX_LAYERS:
-                        raise _WireError(f"more than {_MAX_LAYERS} layers, far more than any "
+                        raise WireError(f"more than {_MAX_LAYERS} layers, far more than any "
                                          "real net has")
                     if number == _NET_LAYER:
                         layers.append(_read_layer(buf, value, v1=False))
                     else:
                         v1_layers.append(_read_layer(buf, value, v1=True))
                     where = "the NetParameter"
-        except _WireError as e:
+        except WireError as e:
             hint = _text_hint(buf)
             raise WeightsError(f"{not_caffe}: in {where}: {e} (file size {size} bytes){hint}") \
                 from None

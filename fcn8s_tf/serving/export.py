@@ -20,6 +20,8 @@ from fcn8s_tf import class_info
 from fcn8s_tf import config as config_lib
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import budget as serving_budget
+from fcn8s_tf.serving import warmup as serving_warmup
 from fcn8s_tf.training import workdir as workdir_lib
 
 
@@ -28,9 +30,9 @@ TMP_PREFIX = ".tmp-"  # an export being written: <base>/.tmp-<version>-p<pid>-<t
 
 def export_saved_model(model: keras.Model, export_base: str, version: Optional[int] = None,
                        model_kwargs: Optional[Dict] = None,
-                       max_image_pixels: int = serving.DEFAULT_MAX_IMAGE_PIXELS,
+                       max_image_pixels: int = serving_budget.DEFAULT_MAX_IMAGE_PIXELS,
                        classes: Optional[class_info.ClassInfo] = None,
-                       max_output_bytes: int = serving.DEFAULT_MAX_OUTPUT_BYTES,
+                       max_output_bytes: int = serving_budget.DEFAULT_MAX_OUTPUT_BYTES,
                        precision: str = "float32") -> str:
     """Writes `model` as `<export_base>/<version>/` (TF Serving layout) and returns that path.
 
@@ -41,8 +43,8 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
       version: numeric version; default one more than the highest present.
       model_kwargs: build_fcn8s arguments (needed only for the twin).
       max_image_pixels: the net's budget per image: larger images (padding counted) are downscaled
-        at serve time, and ones over 4x this many pixels refused (serving.Budget).
-      max_output_bytes: requests whose answer would be larger are refused (serving.Budget).
+        at serve time, and ones over 4x this many pixels refused (serving_budget.Budget).
+      max_output_bytes: requests whose answer would be larger are refused (serving_budget.Budget).
       precision: "float32", "bfloat16" or "auto" (config.resolve_export_precision): the dtype the
         served net computes in; the `metadata` signature says which. float32 by default here, so
         that training's and the importer's exports answer as their evaluation did; the export CLI
@@ -78,7 +80,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     try:
         tf.saved_model.save(serving.serving_root(signatures, names_file), tmp,
                             signatures=signatures)
-        serving.write_warmup_file(tmp)
+        serving_warmup.write_warmup_file(tmp)
         tf.io.gfile.rename(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):

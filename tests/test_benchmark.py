@@ -320,6 +320,29 @@ def test_machine_class():
         "GPU of compute capability 7.5"
 
 
+def test_the_kernel_profile_says_why_a_training_goal_is_missed():
+    results = _result()
+    results["kernels"] = {"status": "done", "precision": "float32", "batch_size": 1,
+                          "step_s": 6.0, "onednn_s": 5.0, "kernels": [
+                              {"kernel": "convolution backward_weights (jit:avx512_core)",
+                               "s_per_step": 2.5},
+                              {"kernel": "convolution forward_training (brg_conv_fwd:avx512_core)",
+                               "s_per_step": 1.0}]}
+    run.derive(results)
+    float32 = next(t for t in results["targets"]
+                   if t["target"].startswith("training step (float32)"))
+    assert ("limited by convolution backward_weights (jit:avx512_core): 2.50 s of the 5.00 s"
+            in float32["note"])
+    bf16 = next(t for t in results["targets"]
+                if t["target"].startswith("training step (mixed_bfloat16)"))
+    assert "limited by" not in bf16["note"]  # the profile is of another precision's step
+    rows = report.render_markdown(results).splitlines()
+    assert "| convolution backward_weights (jit:avx512_core) | 2.500 | 50.0% |" in rows
+    # Without a profile the section says why.
+    del results["kernels"]
+    assert "Not measured: not run." in report.render_markdown(results)
+
+
 def test_report_carries_the_goals_the_exports_and_the_cpu():
     results = _result()
     md = report.render_markdown(results)
@@ -623,8 +646,16 @@ def test_quick_run_measures_every_section(tmp_path):
     assert set(results["xla_default"]["train"]) <= {"float32"}  # --quick trains float32 only
     for path, number in _numbers(results):
         assert math.isfinite(number), path
+    # The "why" of the training targets: oneDNN's per-kernel time of the fastest step.
+    kernels = results["kernels"]
+    assert kernels["status"] == "done" and kernels["precision"] == "float32", kernels
+    assert kernels["kernels"] and 0 < kernels["kernels"][0]["s_per_step"] <= kernels["onednn_s"]
+    assert any(row["kernel"].startswith("convolution ") for row in kernels["kernels"])
+    train32 = next(t for t in results["targets"] if t["target"].startswith("training step (float32)"))
+    assert "; limited by " in train32["note"], train32
 
     report = md.read_text()
+    assert "## Where a training step's time goes (oneDNN kernels)" in report
     for heading in ("## Targets", "## XLA default on this machine class", "## Machine ceiling",
                     "## Training step", "## Side by side", "## Host stages", "## Inference",
                     "## FLOPs"):

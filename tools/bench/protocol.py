@@ -36,6 +36,7 @@ TASKS = {
     "converter": "host_tasks.converter",
     "model": "tf_tasks.model",
     "train": "tf_tasks.train",
+    "kernels": "tf_tasks.kernels",
     "serve": "tf_tasks.serve",
     "tf_forward": "tf_tasks.forward",
     "torch": "torch_tasks.torch_step_and_forward",

@@ -323,11 +323,31 @@ def _flops(results: Dict) -> List[str]:
     ]
 
 
+def _kernels(results: Dict) -> List[str]:
+    k = results.get("kernels") or {}
+    if not protocol.ok(k):
+        return ["", "## Where a training step's time goes (oneDNN kernels)", "",
+                f"Not measured: {k.get('skipped') or k.get('error') or 'not run'}."]
+    lines = ["", "## Where a training step's time goes (oneDNN kernels)", "",
+             f"oneDNN's own timing (ONEDNN_VERBOSE=1) of every primitive in a {k['precision']} "
+             f"step at batch {k['batch_size']}, fixed input, XLA off: {k['step_s']:.2f} s/step "
+             f"(slower than above: verbose mode prints a line per primitive); the primitives' "
+             f"times sum to {k['onednn_s']:.2f} s per step (independent primitives run at once, "
+             "so the sum can exceed the step). Forward, data-gradient and weight-gradient "
+             "convolutions do about the same FLOPs each, so their times compare their rates.", "",
+             "| kernel (primitive, propagation, implementation) | s per step | share of the sum |",
+             "| --- | --- | --- |"]
+    for row in k["kernels"]:
+        lines.append(f"| {row['kernel']} | {row['s_per_step']:.3f} | "
+                     f"{100 * row['s_per_step'] / k['onednn_s']:.1f}% |")
+    return lines
+
+
 def render_markdown(results: Dict) -> str:
     """The report: machine, targets, the XLA default, ceiling, training, PyTorch side by side,
     host stages, inference, FLOP method."""
     lines = []
-    for section in (_machine, _targets, _xla, _ceiling, _training, _versus, _host_stages,
+    for section in (_machine, _targets, _xla, _ceiling, _training, _kernels, _versus, _host_stages,
                     _inference, _flops):
         lines += section(results)
     shared = results["settings"]["group_children"]

@@ -99,6 +99,24 @@ def _log_host_stage(ceiling, converter, pipeline, augment, model) -> None:
         protocol.log_result(label, entry, summary)
 
 
+def _kernel_profile(runner: protocol.ChildRunner, s: Settings, results: Dict) -> Dict:
+    """oneDNN's per-kernel time of the fastest precision's step at the first batch size (the
+    targets' "why"), in a child of its own (ONEDNN_VERBOSE must be set before its first kernel)."""
+    batch = s.batch_sizes[0]
+    timed = [e for e in results["train"] if e.get("batch_size") == batch and e.get("step_s")]
+    if not timed:
+        return {"status": "skipped", "skipped": "no training step was timed"}
+    fastest = min(timed, key=lambda e: e["cpu_s_per_step"])
+    (entry,) = runner.run([("kernels", dict(
+        precision=fastest["precision"], batch_size=batch, image_size=s.image_size,
+        fc_units=s.fc_units, num_classes=s.num_classes, steps=2))],
+        max(min(runner.remaining_s() - s.serve_reserve_s, 120), 30))
+    protocol.log_result("oneDNN kernels", entry, lambda e: (
+        f"{e['kernels'][0]['kernel']} {e['kernels'][0]['s_per_step']:.2f} s of "
+        f"{e['step_s']:.2f} s/step"))
+    return entry
+
+
 def _serve_stage(runner: protocol.ChildRunner, s: Settings, voc_root: str, tmp: str,
                  results: Dict) -> None:
     """Inference through each SavedModel exported, one child each (the closing ceiling in the
@@ -158,6 +176,7 @@ def run_benchmarks(settings: Settings, command: str = "") -> Dict:
         results["train"], results["train_summary"] = sweep.train_sweep(
             runner, s, precisions, on_gpu=bool(gpus), reserve_s=reserve_s,
             native_bf16=machine_lib.native_bf16(results["machine"]))
+        results["kernels"] = _kernel_profile(runner, s, results)
         results["versus"] = versus.run_versus(runner, s, results, precisions)
         _serve_stage(runner, s, voc_root, tmp, results)
         results["machine"]["load_average_end"] = list(os.getloadavg())

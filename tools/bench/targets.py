@@ -102,6 +102,12 @@ def _train_vs_ceiling(results: Dict, policy: str, on_gpu: bool) -> Dict:
     note = (f"best {policy} configuration: {config_words(chosen)}, {chosen['gflops']:.1f} of "
             f"{results['ceiling']['gflops'][dtype]:.1f} GFLOP/s; by CPU time "
             f"{pct(chosen.get('fraction_of_ceiling_cpu_time'))}")
+    kernels = results.get("kernels") or {}
+    if protocol.ok(kernels) and kernels["precision"] == policy:  # the "why": the slowest kernel
+        top = kernels["kernels"][0]
+        note += (f"; limited by {top['kernel']}: {top['s_per_step']:.2f} s of the "
+                 f"{kernels['onednn_s']:.2f} s its oneDNN primitives take per step (see 'Where a "
+                 "training step's time goes')")
     native = policy == "float32" or machine_lib.native_bf16(results["machine"])
     return _judge(target, chosen["fraction_of_ceiling"],
                   note if native else f"{NOT_NATIVE}; {note}", native)

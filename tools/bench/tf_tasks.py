@@ -130,6 +130,72 @@ def train(progress, precision: str, xla: bool, input_shape: str, batch_size: int
     return {}  # progress() recorded everything; sweep.summarise_train_entry derives the figures
 
 
+# ----------------------------------------------------------------------------- oneDNN kernels --
+def _verbose_lines(run, path: str) -> List[str]:
+    """Runs run() with the process's stdout (fd 1, where oneDNN's verbose mode prints) going to
+    path; returns the lines written."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    saved = os.dup(1)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            run()
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().splitlines()
+
+
+def kernels(progress, precision: str, batch_size: int, image_size: int, fc_units: int,
+            num_classes: int, steps: int, seed: int = 0) -> Dict:
+    """Where a training step's time goes: oneDNN's own timing of every primitive it executes
+    (ONEDNN_VERBOSE=1), per primitive, propagation kind and implementation, per step.
+
+    Answers the targets' "why" when the step stays short of the matmul ceiling: the kernel that
+    limits it (on the AMD EPYC of BENCHMARKS.md, the bf16 weight-gradient convolution). The
+    variable is set before this child's first oneDNN primitive runs, which is when oneDNN reads
+    it; a child that runs nothing else.
+    """
+    os.environ["ONEDNN_VERBOSE"] = "1"
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        train_step, iterator, _ = _build_train_step(
+            precision, False, "fixed", batch_size, image_size, fc_units, num_classes, seed)
+        log = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"onednn_verbose_{os.getpid()}.log")
+        # The first step traces and creates the primitives: its lines are not a step's.
+        _verbose_lines(lambda: float(train_step(next(iterator), tf.constant(0, tf.int64))[0]), log)
+
+        def timed():
+            for step in range(steps):
+                float(train_step(next(iterator), tf.constant(step + 1, tf.int64))[0])
+
+        start = time.perf_counter()
+        lines = _verbose_lines(timed, log)
+        step_s = (time.perf_counter() - start) / steps
+        os.remove(log)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+        keras.backend.clear_session()
+    by_kernel: Dict[str, float] = {}
+    for line in lines:
+        fields = line.split(",")
+        # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<implementation>,<prop kind>,...,<ms>
+        if len(fields) > 8 and fields[0] == "onednn_verbose" and fields[3] == "exec":
+            key = f"{fields[5]} {fields[7]} ({fields[6]})"
+            by_kernel[key] = by_kernel.get(key, 0.0) + float(fields[-1]) / 1000.0 / steps
+    if not by_kernel:
+        raise RuntimeError("oneDNN printed no verbose lines (not a oneDNN build, or ONEDNN_VERBOSE "
+                           "was read before this task set it)")
+    top = sorted(by_kernel.items(), key=lambda item: -item[1])
+    return {"precision": precision, "batch_size": batch_size, "step_s": step_s,
+            "onednn_s": sum(by_kernel.values()),
+            "kernels": [{"kernel": k, "s_per_step": v} for k, v in top[:8]]}
+
+
 # ------------------------------------------------------------------------------------ inference --
 def serve(progress, export_path: str, image_path: str, repeats: int,
           deadline_unix: float = math.inf) -> Dict:

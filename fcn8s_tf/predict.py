@@ -4,23 +4,15 @@
     python -m fcn8s_tf.predict --server=http://localhost:8501/v1/models/fcn8s --output_dir=out \
         --images='photos/*.jpg'
 
-Both paths use the exported `serving_default` signature: `image_bytes` (JPEG or PNG strings) in;
-`labels` int32 (B, Hmax, Wmax) padded with 255, `height` and `width` int32 (B,) out. Over REST the
-request is `{"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": ...}}]}`
-and TF Serving answers `{"predictions": [{"labels": ..., "height": ..., "width": ...}]}`.
-
 For each image, writes `<stem>_mask.png` (palette PNG, mode "P": pixel values are class ids, the
 model's class colours colour them) and `<stem>_overlay.png` (50% image, 50% mask colour, with a
 legend of the classes present below), and prints the classes found with their pixel fractions.
 Every input keeps its own outputs: inputs whose stems are equal (ignoring case, as some file
 systems do) are refused before anything is read or written, naming them and the output name; a
 file given twice is segmented once.
-Class names and colours come from the export's `metadata` signature (VOC's for older exports).
-One image per request: the export guarantees an image's labels do not depend on its batch-mates,
-and a failure then names one file.
 
-Flags and main only: the clients are fcn8s_tf/serving/client.py's, the pictures
-fcn8s_tf/render.py's.
+Flags and main only: the clients and the request format are fcn8s_tf/serving/client.py's, the
+pictures fcn8s_tf/render.py's.
 """
 
 from absl import app

@@ -1,23 +1,11 @@
 """Evaluation: the one loop that scores a model over a split, and what it reports.
 
-    python -m fcn8s_tf.evaluate --model=runs/voc/export --data='data/tfrecords/val-*.tfrecord' \
-        --output_dir=runs/voc/eval [--num_classes=21] [--confusion_png] [--save_predictions=20] \
-        [--allow_class_mismatch]
-
---model is either a SavedModel (a version dir with saved_model.pb, or a TF Serving base dir whose
-highest numeric version is used; its `serving_uint8` signature is called) or a training workdir
-(`model_config.json` + `checkpoints/`: the FCN-8s is rebuilt and its newest checkpoint restored).
-
-The model's classes (the export's `metadata` signature, the workdir's model_config.json) must be
-the records' (the converter's manifest.json beside them): another count is refused, and so are
-other names unless --allow_class_mismatch says that each id means the same class in both. Records
-without a manifest are scored with the model's classes, unchecked, after a warning.
-
-Each image is segmented alone at its original resolution (no resizing, no padding) and one confusion
-matrix is accumulated over the whole split (metrics.py has the definitions). Training calls the same
-`evaluate()` with hooks for its loss and TensorBoard pictures. The CLI writes
-`<output_dir>/metrics.json`, and optionally `confusion_matrix.png` and coloured predictions
-`predictions/<id>.png` (palette PNGs: values are class ids, colours the VOC palette).
+The library of `python -m fcn8s_tf.evaluate` (whose docstring gives the command, what --model may
+be and the class check); training calls the same `evaluate()` with hooks for its loss and
+TensorBoard pictures. Each image is segmented alone at its original resolution (no resizing, no
+padding) and one confusion matrix is accumulated over the whole split (evaluation/metrics.py has
+the definitions). load_predict_fn takes a SavedModel (its `serving_uint8` signature) or a training
+workdir; scoring_classes decides which classes a run is scored with.
 """
 
 import os

@@ -1,25 +1,14 @@
-"""Clients of an export: a SavedModel in this process, or TF Serving over REST; predict_files.
+"""Clients of an export: a SavedModel in this process (LocalModel), or TF Serving over REST
+(RestModel); predict_files segments files with either and writes their pictures.
 
-The library of `python -m fcn8s_tf.predict` (fcn8s_tf/predict.py).
-
-    python -m fcn8s_tf.predict --model=runs/voc/export --output_dir=out cat.jpg dog.png
-    python -m fcn8s_tf.predict --server=http://localhost:8501/v1/models/fcn8s --output_dir=out \
-        --images='photos/*.jpg'
-
-Both paths use the exported `serving_default` signature: `image_bytes` (JPEG or PNG strings) in;
-`labels` int32 (B, Hmax, Wmax) padded with 255, `height` and `width` int32 (B,) out. Over REST the
-request is `{"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": ...}}]}`
-and TF Serving answers `{"predictions": [{"labels": ..., "height": ..., "width": ...}]}`.
-
-For each image, writes `<stem>_mask.png` (palette PNG, mode "P": pixel values are class ids, the
-model's class colours colour them) and `<stem>_overlay.png` (50% image, 50% mask colour, with a
-legend of the classes present below), and prints the classes found with their pixel fractions.
-Every input keeps its own outputs: inputs whose stems are equal (ignoring case, as some file
-systems do) are refused before anything is read or written, naming them and the output name; a
-file given twice is segmented once.
-Class names and colours come from the export's `metadata` signature (VOC's for older exports).
-One image per request: the export guarantees an image's labels do not depend on its batch-mates,
-and a failure then names one file.
+The library of `python -m fcn8s_tf.predict` (whose docstring says what a user gets). Both clients
+use the exported `serving_default` signature: `image_bytes` (JPEG or PNG strings) in; `labels`
+int32 (B, Hmax, Wmax) padded with 255, `height` and `width` int32 (B,) out. Over REST the request
+is `{"signature_name": "serving_default", "instances": [{"image_bytes": {"b64": ...}}]}` and TF
+Serving answers `{"predictions": [{"labels": ..., "height": ..., "width": ...}]}`. Class names and
+colours come from the export's `metadata` signature (VOC's for older exports). One image per
+request: the export guarantees an image's labels do not depend on its batch-mates, and a failure
+then names one file.
 """
 
 import base64

@@ -42,7 +42,7 @@ from fcn8s_tf.data.convert import folders as folders_source
 from fcn8s_tf.data.convert import voc_sbd as voc_source
 from fcn8s_tf.data.convert.examples import Plan, PreparedExample, class_pixels, count_values
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, ConversionError, PathLike, format_names,
-                                     shard_bounds, shard_name)
+                                          shard_bounds, shard_name)
 from fcn8s_tf.data.convert.publish import Staging, check_writable, existing_outputs, signals_deferred
 from fcn8s_tf.data.convert.recover import fsync, owned, recover, take, unlock, write_json
 from fcn8s_tf.data.convert.workers import map_in_order, start_workers, stop_workers

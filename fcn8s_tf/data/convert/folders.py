@@ -30,9 +30,9 @@ import numpy as np
 
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
 from fcn8s_tf.data.convert.examples import (Classes, Plan, PreparedExample, finish_example,
-                                       label_histogram, read_id_list, read_image)
-from fcn8s_tf.data.convert.layout import (MAX_CLASSES, ConversionError,
-                                     PathLike, check_split_name, format_names)
+                                            label_histogram, read_id_list, read_image)
+from fcn8s_tf.data.convert.layout import (MAX_CLASSES, ConversionError, PathLike, check_split_name,
+                                          format_names)
 from fcn8s_tf.data.convert.masks import Colour, MaskRules, read_mask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -38,9 +38,10 @@ from typing import Callable, List, Optional, Set
 
 from fcn8s_tf.data.convert import recover as _recover
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_SUFFIX,
-                                     ConversionError, format_names)
-from fcn8s_tf.data.convert.recover import (TMP_PREFIX, empty_leftover, fsync, is_own_tmp, lock, owned,
-                                      roll_forward, same_file, sibling_prefix, unlock, write_json)
+                                          ConversionError, format_names)
+from fcn8s_tf.data.convert.recover import (TMP_PREFIX, empty_leftover, fsync, is_own_tmp, lock,
+                                           owned, roll_forward, same_file, sibling_prefix, unlock,
+                                           write_json)
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -22,7 +22,7 @@ except ImportError:  # Windows: no lock there
     fcntl = None
 
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
-                                     format_names, manifest_files)
+                                          format_names, manifest_files)
 
 TMP_PREFIX = ".tmp-make_tfrecords-"
 _MAX_NAME_IN_TMP = 100

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from fcn8s_tf.data.convert.examples import (Classes, Plan, PreparedExample, check_label_values,
-                                       count_values, finish_example, label_histogram, read_id_list,
-                                       read_jpeg)
+                                            count_values, finish_example, label_histogram,
+                                            read_id_list, read_jpeg)
 from fcn8s_tf.data.convert.layout import ConversionError, check_split_name, format_names
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
 

@@ -8,7 +8,7 @@ downscale first and refuse after. Messages name the item, as `<input>[<index>]`.
 """
 
 import math
-from typing import List
+from typing import Dict, List
 
 import tensorflow as tf
 
@@ -38,6 +38,16 @@ def _last(mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.concat([tf.constant([-1], tf.int64), where], axis=0))
 
 
+# The formats tf.io.decode_image reads, by the magic bytes they start with.
+_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "gif": b"GIF8", "bmp": b"BM"}
+
+
+def _format_of(data: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """{format: boolean scalar}: whether the scalar string starts as that format's files do."""
+    return {name: tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+            for name, magic in _MAGIC.items()}
+
+
 def check_encoded_image(data: tf.Tensor, index: tf.Tensor, item: str) -> List[tf.Operation]:
     """Assertions that a scalar string holds a whole JPEG, PNG, GIF or BMP; messages name `index`.
 
@@ -48,11 +58,8 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor, item: str) -> List[tf
     trailers some phones append after the EOI are allowed. A PNG is complete when it holds IEND.
     """
     empty = tf.equal(tf.strings.length(data), 0)
-    head = tf.strings.substr(data, 0, 8)
-    is_jpeg = tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")
-    is_png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
-    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-    is_bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+    is_format = _format_of(data)
+    is_jpeg, is_png = is_format["jpeg"], is_format["png"]
     raw = tf.io.decode_raw(data, tf.uint8)
     jpeg_whole = _last(_starts(raw, b"\xff\xd9")) > _last(_starts(raw, b"\xff\xda"))
     png_whole = tf.reduce_any(_starts(raw, b"IEND"))
@@ -65,7 +72,8 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor, item: str) -> List[tf
         # Each problem fails exactly one check (an empty string is not also "not an image"), so
         # the message does not depend on which assertion the executor happens to run first.
         check(~empty, "is an empty string"),
-        check(empty | is_jpeg | is_png | is_gif | is_bmp, "is not a JPEG, PNG, GIF or BMP image"),
+        check(empty | tf.reduce_any(tf.stack(list(is_format.values()))),
+              "is not a JPEG, PNG, GIF or BMP image"),
         check(~is_jpeg | jpeg_whole, "is a truncated JPEG (no end-of-image marker after its data)"),
         check(~is_png | png_whole, "is a truncated PNG (no IEND chunk)"),
     ]
@@ -95,15 +103,12 @@ def declared_size(data: tf.Tensor) -> tf.Tensor:
 
     bmp_height = unsigned(22, 4, False)
     bmp_height = tf.abs(tf.where(bmp_height >= 2 ** 31, bmp_height - 2 ** 32, bmp_height))
+    is_format = _format_of(data)
     by_format = [
-        (tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),
-         lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
-        (tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
-         lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
-        (tf.equal(tf.strings.substr(data, 0, 4), b"GIF8"),
-         lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
-        (tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
-         lambda: tf.stack([bmp_height, unsigned(18, 4, False)])),
+        (is_format["jpeg"], lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)),
+        (is_format["png"], lambda: tf.stack([unsigned(20, 4, True), unsigned(16, 4, True)])),
+        (is_format["gif"], lambda: tf.stack([unsigned(8, 2, False), unsigned(6, 2, False)])),
+        (is_format["bmp"], lambda: tf.stack([bmp_height, unsigned(18, 4, False)])),
     ]
     return tf.case(by_format, default=lambda: tf.zeros([2], tf.int64))
 

@@ -120,8 +120,6 @@ def resolve_saved_model_dir(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ graph functions --
-
-
 class _Predictor:
     """The model's forward pass as the signatures run it. Not a Trackable: see the module docstring."""
 

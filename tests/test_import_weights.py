@@ -33,7 +33,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from fcn8s_tf.model import caffe
+from fcn8s_tf.model.weights import caffemodel as caffe
 from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
@@ -806,9 +806,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
     else:  # 96 MB of doubles under a name FCN-8s does not have, stored (no compression)
         path = tmp_path / "x.npz"
         np.savez(path, **{"fc8/W": np.zeros(12_000_000)})
-    read = (f"from fcn8s_tf.model import caffe; caffe.read_weights({str(path)!r}, "
+    read = (f"from fcn8s_tf.model.weights import caffemodel as caffe; caffe.read_weights({str(path)!r}, "
             "check=caffe.check_fcn8s)")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model import caffe")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model.weights import caffemodel as caffe")
     peak, _, stderr = peak_rss_mb(sys.executable, "-c", read)
     assert "WeightsError" in stderr and "is not an FCN-8s: missing" in stderr, stderr[-2000:]
     # Measured: +15 MB (the caffemodel's pages, mapped and scanned); before, +600 and +140 MB.
@@ -817,9 +817,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
 
 def test_unpacked_floats_are_read_into_one_array(tmp_path):
     path = _unpacked_caffemodel(tmp_path / "x.caffemodel", "conv1_1", 3_000_000)
-    read = (f"from fcn8s_tf.model import caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
+    read = (f"from fcn8s_tf.model.weights import caffemodel as caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
             "blob = layer.blobs[0]; print(blob.shape, blob.dtype, blob.sum(dtype='float64'))")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model import caffe")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model.weights import caffemodel as caffe")
     peak, stdout, stderr = peak_rss_mb(sys.executable, "-c", read)
     expected_sum = float((np.arange(3_000_000) % 1000).sum())
     assert stdout.strip() == f"(3000000,) float32 {expected_sum}", stderr[-2000:]

@@ -6,7 +6,7 @@
 The workdir then holds model_config.json, checkpoints/ and export/1 as a training run would:
 `python -m fcn8s_tf.evaluate --model=runs/fcn8s_caffe/export ...` and `fcn8s_tf.predict` use it as
 it is, and `python -m fcn8s_tf.train --init_from=runs/fcn8s_caffe ...` fine-tunes from it. The
-reading and mapping live in fcn8s_tf/model/caffe.py; this file only reads flags and decides how the
+reading and mapping live in fcn8s_tf/model/weights/caffemodel.py; this file only reads flags and decides how the
 process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
 import as Ctrl-C does, with its temporary folder removed.
 """
@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from fcn8s_tf.model import caffe
+from fcn8s_tf.model.weights import caffemodel as caffe
 
 FLAGS = flags.FLAGS
 

@@ -1,8 +1,9 @@
 """The protobuf wire format, both ways: the one varint codec of the project.
 
-Read by the Caffe importer (model/caffe.py: a .caffemodel is a serialized NetParameter, parsed here
-without protobuf or Caffe installed) and written by the serving warmup file (serving/warmup.py: a
-PredictionLog, written without tensorflow-serving-api, which would pull in a second TensorFlow).
+Read by the Caffe importer (model/weights/caffemodel.py: a .caffemodel is a serialized
+NetParameter, parsed here without protobuf or Caffe installed) and written by the serving warmup
+file (serving/warmup.py: a PredictionLog, written without tensorflow-serving-api, which would pull
+in a second TensorFlow).
 Only what those two need: varints, length-delimited fields, and iterating a message's fields
 without copying their payloads. Field numbers and meanings stay with the callers.
 """

@@ -33,7 +33,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from fcn8s_tf.model.weights import caffemodel as caffe
+from fcn8s_tf.model.weights import caffemodel, fcn8s_map, layers, npz
+from fcn8s_tf.training import imported_run
 from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
@@ -348,7 +349,7 @@ def caffe_proto_classes():
 def test_lenet_parsed_exactly_as_the_protobuf_runtime_reads_it():
     if not LENET.is_file():
         pytest.skip(f"needs the genuine Caffe file {LENET} (../shared/caffe_sample)")
-    net = caffe.read_weights(str(LENET))
+    net = fcn8s_map.read_weights(str(LENET))
     # SOURCES.md: names, types and blob shapes as Caffe wrote them.
     assert net.format.startswith("caffemodel, NetParameter.layer ")
     assert net.net_name == "LeNet"
@@ -392,7 +393,7 @@ def test_writer_matches_protobuf_runtime_and_reader_reads_both_forms(tmp_path):
         assert ours == net.SerializeToString(), (v1, legacy)
         path = tmp_path / f"{v1}{legacy}.caffemodel"
         path.write_bytes(ours)
-        read = caffe.read_caffemodel(str(path))
+        read = caffemodel.read_caffemodel(str(path))
         assert ("V1" in read.format) == v1
         (conv,) = read.layers
         assert (conv.name, conv.type, conv.group) == ("conv", "Convolution", 1)
@@ -419,7 +420,7 @@ def test_reader_edge_cases(tmp_path):
              + _field(7, blob_pieces) + _field(7, blob_double) + _field(150, b"\x01\x02"))
     path = tmp_path / "edge.caffemodel"
     path.write_bytes(unknown + _field(100, layer))
-    (read,) = caffe.read_caffemodel(str(path)).layers
+    (read,) = caffemodel.read_caffemodel(str(path)).layers
     np.testing.assert_array_equal(read.blobs[0], values.reshape(2, 3))
     np.testing.assert_array_equal(read.blobs[1], values)
     np.testing.assert_array_equal(read.blobs[2], values[:2])
@@ -433,11 +434,11 @@ def test_reader_edge_cases(tmp_path):
     }
     for message, blob in cases.items():
         path.write_bytes(_field(100, _field(1, b"bad") + blob))
-        with pytest.raises(caffe.WeightsError, match=f"layer 'bad' blob 0: .*{re.escape(message)}"):
-            caffe.read_caffemodel(str(path))
+        with pytest.raises(layers.WeightsError, match=f"layer 'bad' blob 0: .*{re.escape(message)}"):
+            caffemodel.read_caffemodel(str(path))
     path.write_bytes(_field(2, _field(1, b"v0 layer")))
-    with pytest.raises(caffe.WeightsError, match="V0 format"):
-        caffe.read_caffemodel(str(path))
+    with pytest.raises(layers.WeightsError, match="V0 format"):
+        caffemodel.read_caffemodel(str(path))
 
 
 # ------------------------------------------------------------------------------ mapping --
@@ -458,19 +459,19 @@ def test_deconvolution_mapping_matches_caffe_without_flip(group):
 
     layer = keras.layers.Conv2DTranspose(c, k, strides=stride, padding="valid", use_bias=False)
     layer.build((None, None, None, c))
-    layer.set_weights([caffe.keras_kernel(caffe._ungroup(blob, group, "upscore"))])
+    layer.set_weights([fcn8s_map.keras_kernel(fcn8s_map._ungroup(blob, group, "upscore"))])
     actual = np.asarray(layer(x[None]))[0]
     assert actual.shape == expected.shape == (2 * 4 + k, 2 * 6 + k, c)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
-    flipped = caffe._ungroup(blob, group, "upscore")[:, :, ::-1, ::-1]
-    layer.set_weights([caffe.keras_kernel(flipped)])
+    flipped = fcn8s_map._ungroup(blob, group, "upscore")[:, :, ::-1, ::-1]
+    layer.set_weights([fcn8s_map.keras_kernel(flipped)])
     assert not np.allclose(np.asarray(layer(x[None]))[0], expected, atol=1e-2)
 
 
 def _import(path, skip_scales=None):
-    imported = caffe.fcn8s_from(caffe.read_weights(str(path)), skip_scales)
-    return imported, caffe.build_model(imported)
+    imported = fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(path)), skip_scales)
+    return imported, fcn8s_map.build_model(imported)
 
 
 def test_at_once_net_matches_caffe_reference(at_once_file, at_once_weights, images,
@@ -522,7 +523,7 @@ def test_per_channel_scales_and_grouped_deconvolution_fold_exactly(tmp_path, vgg
 
 
 def _write_npz(path, weights, style, scales=True):
-    weight_suffix, bias_suffix = caffe.NPZ_KEY_STYLES[style]
+    weight_suffix, bias_suffix = npz.NPZ_KEY_STYLES[style]
     arrays = {}
     for name, blobs in weights.items():
         if name.startswith("scale") and not scales:
@@ -535,21 +536,21 @@ def _write_npz(path, weights, style, scales=True):
 
 
 def test_npz_imports_the_same_weights(tmp_path, at_once_file, at_once_weights):
-    from_caffe = caffe.fcn8s_from(caffe.read_weights(str(at_once_file)))
+    from_caffe = fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(at_once_file)))
     chainer = _write_npz(tmp_path / "chainer.npz", at_once_weights, "Chainer", scales=False)
     pytorch = _write_npz(tmp_path / "pytorch.npz", at_once_weights, "PyTorch", scales=True)
-    with pytest.raises(caffe.WeightsError, match="no scale_pool4/scale_pool3 entries.*0.01,0.0001"):
-        caffe.fcn8s_from(caffe.read_weights(str(chainer)))
+    with pytest.raises(layers.WeightsError, match="no scale_pool4/scale_pool3 entries.*0.01,0.0001"):
+        fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(chainer)))
     for path, skip_scales in ((chainer, (0.01, 1e-4)), (pytorch, None)):
-        imported = caffe.fcn8s_from(caffe.read_weights(str(path)), skip_scales)
+        imported = fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(path)), skip_scales)
         assert imported.skip_scales == pytest.approx(from_caffe.skip_scales, rel=1e-7)
         assert imported.weights.keys() == from_caffe.weights.keys()
         for name, values in from_caffe.weights.items():
             for theirs, ours in zip(imported.weights[name], values, strict=True):
                 np.testing.assert_array_equal(theirs, ours)
-    assert caffe.read_weights(str(pytorch)).format == "npz, PyTorch keys"
-    with pytest.raises(caffe.WeightsError, match="carries its own skip scales"):
-        caffe.fcn8s_from(caffe.read_weights(str(pytorch)), (1.0, 1.0))
+    assert fcn8s_map.read_weights(str(pytorch)).format == "npz, PyTorch keys"
+    with pytest.raises(layers.WeightsError, match="carries its own skip scales"):
+        fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(pytorch)), (1.0, 1.0))
 
 
 def test_misshapen_and_foreign_layers_are_named(tmp_path, at_once_weights, monkeypatch):
@@ -557,17 +558,17 @@ def test_misshapen_and_foreign_layers_are_named(tmp_path, at_once_weights, monke
     weights["conv3_2"] = [np.zeros((256, 128, 3, 3), np.float32), np.zeros(256, np.float32)]
     weights["fc8"] = [np.zeros((2, 2, 1, 1), np.float32), np.zeros(2, np.float32)]
     path = write_caffemodel(tmp_path / "foreign.caffemodel", weights)
-    with pytest.raises(caffe.WeightsError, match="FCN-8s does not have: fc8"):
-        caffe.fcn8s_from(caffe.read_weights(str(path)))
+    with pytest.raises(layers.WeightsError, match="FCN-8s does not have: fc8"):
+        fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(path)))
     del weights["fc8"]
     path = write_caffemodel(tmp_path / "misshapen.caffemodel", weights)
     misshapen = r"conv3_2 has shape \(256, 128, 3, 3\), expected \(256, 256, 3, 3\)"
-    with pytest.raises(caffe.WeightsError, match=misshapen):
+    with pytest.raises(layers.WeightsError, match=misshapen):
         _import(path)
     # The import's own reading finds it from the declared shapes, before a value is read.
-    monkeypatch.setattr(caffe, "_read_values", lambda *_: pytest.fail("a value was read"))
-    with pytest.raises(caffe.WeightsError, match=misshapen):
-        caffe.read_weights(str(path), check=caffe.check_fcn8s)
+    monkeypatch.setattr(caffemodel, "_read_values", lambda *_: pytest.fail("a value was read"))
+    with pytest.raises(layers.WeightsError, match=misshapen):
+        fcn8s_map.read_weights(str(path), check=fcn8s_map.check_fcn8s)
 
 
 # -------------------------------------------------------------------------------- the tool --
@@ -625,7 +626,7 @@ def signal_mid_import(weights: Path, workdir: Path, signum: int, *flags: str):
         while temp is None or not (temp / "new" / "model_config.json").exists():
             assert proc.poll() is None, f"the import ended first: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no temporary folder after 240 s"
-            temp = next(workdir.parent.glob(caffe.IMPORT_TMP_PREFIX + "*"), None)
+            temp = next(workdir.parent.glob(imported_run.IMPORT_TMP_PREFIX + "*"), None)
             time.sleep(0.02)
         proc.send_signal(signum)
         proc.wait(timeout=120)
@@ -642,7 +643,7 @@ def imported_workdir(tmp_path_factory, at_once_file):
     root = tmp_path_factory.mktemp("imported")
     status, _, killed = signal_mid_import(at_once_file, root / "killed", signal.SIGKILL)
     assert status == -signal.SIGKILL and killed.is_dir()  # what SIGKILL leaves: no handler runs
-    running = root / f"{caffe.IMPORT_TMP_PREFIX}p{os.getpid()}-other-k2j3h4g5"
+    running = root / f"{imported_run.IMPORT_TMP_PREFIX}p{os.getpid()}-other-k2j3h4g5"
     running.mkdir()
     workdir = make_run_dir(root / "fcn8s_caffe")
     sha1 = hashlib.sha1(at_once_file.read_bytes()).hexdigest()
@@ -797,6 +798,10 @@ def test_cli_refuses_a_zip_bomb_before_inflating_it(tmp_path):
     assert peak - baseline < 32, (peak, baseline)
 
 
+# What the memory tests' children import before their baseline is measured.
+_IMPORT_READERS = "from fcn8s_tf.model.weights import caffemodel, fcn8s_map"
+
+
 @pytest.mark.parametrize("case", ["unpacked_foreign_layer", "npz_foreign_key"])
 def test_names_are_checked_before_anything_is_read(tmp_path, case):
     # The reading of the CLI (read_weights with check_fcn8s) without TensorFlow, whose ~620 MB
@@ -806,9 +811,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
     else:  # 96 MB of doubles under a name FCN-8s does not have, stored (no compression)
         path = tmp_path / "x.npz"
         np.savez(path, **{"fc8/W": np.zeros(12_000_000)})
-    read = (f"from fcn8s_tf.model.weights import caffemodel as caffe; caffe.read_weights({str(path)!r}, "
-            "check=caffe.check_fcn8s)")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model.weights import caffemodel as caffe")
+    read = (f"{_IMPORT_READERS}; fcn8s_map.read_weights({str(path)!r}, "
+            "check=fcn8s_map.check_fcn8s)")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", _IMPORT_READERS)
     peak, _, stderr = peak_rss_mb(sys.executable, "-c", read)
     assert "WeightsError" in stderr and "is not an FCN-8s: missing" in stderr, stderr[-2000:]
     # Measured: +15 MB (the caffemodel's pages, mapped and scanned); before, +600 and +140 MB.
@@ -817,9 +822,9 @@ def test_names_are_checked_before_anything_is_read(tmp_path, case):
 
 def test_unpacked_floats_are_read_into_one_array(tmp_path):
     path = _unpacked_caffemodel(tmp_path / "x.caffemodel", "conv1_1", 3_000_000)
-    read = (f"from fcn8s_tf.model.weights import caffemodel as caffe; (layer,) = caffe.read_caffemodel({str(path)!r}).layers; "
+    read = (f"{_IMPORT_READERS}; (layer,) = caffemodel.read_caffemodel({str(path)!r}).layers; "
             "blob = layer.blobs[0]; print(blob.shape, blob.dtype, blob.sum(dtype='float64'))")
-    baseline, _, _ = peak_rss_mb(sys.executable, "-c", "from fcn8s_tf.model.weights import caffemodel as caffe")
+    baseline, _, _ = peak_rss_mb(sys.executable, "-c", _IMPORT_READERS)
     peak, stdout, stderr = peak_rss_mb(sys.executable, "-c", read)
     expected_sum = float((np.arange(3_000_000) % 1000).sum())
     assert stdout.strip() == f"(3000000,) float32 {expected_sum}", stderr[-2000:]
@@ -858,8 +863,8 @@ def test_bad_files_fail_clearly_and_leave_no_workdir(tmp_path, at_once_file, at_
     weights = make[case](tmp_path / "weights.caffemodel")
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(caffe.WeightsError, match=message):
-        caffe.import_weights(str(weights), str(out / "run"), log=lambda _: None,
+    with pytest.raises(layers.WeightsError, match=message):
+        imported_run.import_weights(str(weights), str(out / "run"), log=lambda _: None,
                              sha1="0" * 40 if case == "sha1" else None)
     assert list(out.iterdir()) == []
 
@@ -867,18 +872,18 @@ def test_bad_files_fail_clearly_and_leave_no_workdir(tmp_path, at_once_file, at_
 def test_existing_workdir_refused_and_kept(tmp_path, at_once_file):
     workdir = make_run_dir(tmp_path / "run")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        caffe.import_weights(str(at_once_file), str(workdir), log=lambda _: None)
+        imported_run.import_weights(str(at_once_file), str(workdir), log=lambda _: None)
     # With --overwrite, a failed import leaves the old workdir as it was.
     broken = _truncated(tmp_path / "broken.caffemodel", at_once_file)
-    with pytest.raises(caffe.WeightsError):
-        caffe.import_weights(str(broken), str(workdir), overwrite=True, log=lambda _: None)
+    with pytest.raises(layers.WeightsError):
+        imported_run.import_weights(str(broken), str(workdir), overwrite=True, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.caffemodel", "run"]
     assert (workdir / "stale.txt").read_text() == "from an earlier run"
     # A run a live trainer holds is not replaced either (its LOCK names this live process).
     (workdir / workdir_lib.LOCK_FILE).write_text(json.dumps(
         {"pid": os.getpid(), "host": os.uname().nodename, "since": "now"}))
     with pytest.raises(FileExistsError, match=f"is in use by pid {os.getpid()}"):
-        caffe.import_weights(str(at_once_file), str(workdir), overwrite=True, log=lambda _: None)
+        imported_run.import_weights(str(at_once_file), str(workdir), overwrite=True, log=lambda _: None)
 
 
 # ------------------------------------------------------------------------- --init_from --

@@ -6,9 +6,10 @@
 The workdir then holds model_config.json, checkpoints/ and export/1 as a training run would:
 `python -m fcn8s_tf.evaluate --model=runs/fcn8s_caffe/export ...` and `fcn8s_tf.predict` use it as
 it is, and `python -m fcn8s_tf.train --init_from=runs/fcn8s_caffe ...` fine-tunes from it. The
-reading and mapping live in fcn8s_tf/model/weights/caffemodel.py; this file only reads flags and decides how the
-process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
-import as Ctrl-C does, with its temporary folder removed.
+reading and mapping live in fcn8s_tf/model/weights/, the writing in fcn8s_tf/training/imported_run.py;
+this file only reads flags and decides how the process meets signals: SIGTERM (what `kill`, job
+schedulers and container runtimes send) stops the import as Ctrl-C does, with its temporary folder
+removed.
 """
 
 import signal
@@ -16,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from fcn8s_tf.model.weights import caffemodel as caffe
+from fcn8s_tf.training import imported_run
 
 FLAGS = flags.FLAGS
 
@@ -60,8 +61,8 @@ def main(argv):
             raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got "
                                  f"{FLAGS.skip_scales}")
     try:
-        caffe.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
-                             overwrite=FLAGS.overwrite, skip_scales=skip_scales)
+        imported_run.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
+                                    overwrite=FLAGS.overwrite, skip_scales=skip_scales)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
         print(f"import_weights: error: {e}", file=sys.stderr)
         return 1

@@ -3,10 +3,9 @@ the classes, a folder the converter is still replacing. Train and eval datasets 
 iterated as the trainer and the evaluator do (inside input_pipeline.data_errors_named).
 
 Shards hold 4 examples each, 3 shards (contiguous blocks: shard j holds ex_{4j}..ex_{4j+3}).
+records.py's own functions (the framing walk, find_broken_record, count_examples, the manifest and
+its classes) are tested on their own in tests/test_records.py.
 """
-
-import json
-import os
 
 import numpy as np
 import pytest
@@ -15,9 +14,7 @@ import tensorflow as tf
 import record_utils
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.data import records
-from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 
 NUM_CLASSES = 3
 NUM_EXAMPLES, NUM_SHARDS = 12, 3
@@ -89,77 +86,12 @@ def test_overwritten_header_is_named(tmp_path):
                                 "field fails its checksum (overwritten or damaged data)")
 
 
-def test_not_a_tfrecord_file(tmp_path):
-    pattern, files = _write(tmp_path)
-    with open(files[2], "wb") as f:
-        f.write(b"\x1f\x8b" + bytes(100))  # e.g. a GZIP-compressed file
-    with pytest.raises(records.DataError, match="record 0 at byte 0.*not a TFRecord file"):
-        records.list_files(pattern)
-
-
-def test_shard_cut_at_a_record_boundary_disagrees_with_the_manifest(tmp_path, demo_output):
-    # A file cut exactly between two records has a valid framing; the manifest's count tells.
-    shard = demo_output / "train-00001-of-00002.tfrecord"
-    offsets = records.record_offsets(str(shard))
-    record_utils.truncate(shard, os.path.getsize(shard) - offsets[-1])
-    pattern = convert_layout.shard_pattern(demo_output, "train")
-    with pytest.raises(records.DataError) as error:
-        records.count_examples(pattern)
-    assert _one_line(error) == (
-        f"{shard} holds {len(offsets) - 1} records but manifest.json beside it says "
-        f"{len(offsets)} (cut at a record boundary, or replaced by another file?)")
-
-
-@pytest.fixture
-def demo_output(tmp_path):
-    """A real converter output (manifest included) of a tiny synthetic VOC + SBD tree."""
-    from fcn8s_tf.data import demo_data
-    roots = demo_data.make_demo_dataset(tmp_path / "demo", num_train=8, num_val=3,
-                                        image_size=(16, 16))
-    output_dir = tmp_path / "records"
-    convert.convert(roots["voc_root"], roots["sbd_root"], output_dir,
-                    num_shards={"train": 2, "val": 1}, num_workers=1, progress_stream=None)
-    return output_dir
-
-
-def test_count_examples_of_a_converted_folder(demo_output, tmp_path):
-    assert records.count_examples(convert_layout.shard_pattern(demo_output, "train")) == 8
-    assert records.count_examples(convert_layout.shard_pattern(demo_output, "val")) == 3
-    # Any glob, across folders too.
-    _write(tmp_path / "more")
-    assert records.count_examples(str(tmp_path / "*" / "train-*.tfrecord")) == 8 + NUM_EXAMPLES
-
-
-def test_count_examples_of_remote_files_uses_the_manifest(tmp_path):
-    # ram:// stands for gs:// and the like: no framing walk there (one request per record).
-    folder = f"ram://{tmp_path.name}/records"
-    tf.io.gfile.makedirs(folder)
-    for name, count in [("train-00000-of-00002.tfrecord", 3), ("train-00001-of-00002.tfrecord", 2)]:
-        with tf.io.TFRecordWriter(f"{folder}/{name}") as writer:
-            for _ in range(count):
-                writer.write(b"x")
-    pattern = convert_layout.shard_pattern(folder, "train")
-    assert records.count_examples(pattern) == 5  # read, no manifest
-    with tf.io.gfile.GFile(f"{folder}/{convert_layout.MANIFEST_NAME}", "w") as f:
-        json.dump({"splits": {"train": {"shards": [
-            {"file": "train-00000-of-00002.tfrecord", "count": 30}]}}}, f)
-    assert records.count_examples(pattern) == 30 + 2  # the manifest where it lists the file
-
-
 def test_folder_mid_replacement_is_refused(tmp_path):
     pattern, _ = _write(tmp_path)
     (tmp_path / convert_layout.REPLACING_NAME).write_text("{}")
     with pytest.raises(records.DataError) as error:
         _train(pattern)
     assert "the converter was replacing these records and did not finish" in _one_line(error)
-
-
-def test_manifest_that_does_not_parse(tmp_path):
-    (tmp_path / convert_layout.MANIFEST_NAME).write_text('{"splits": ')
-    with pytest.raises(records.DataError, match="manifest.json does not parse as JSON"):
-        records.read_manifest(str(tmp_path))
-    pattern, _ = _write(tmp_path)  # the shards themselves are still read
-    assert records.count_examples(pattern) == NUM_EXAMPLES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,11 +111,6 @@ def test_corrupt_record_is_named_while_iterating(tmp_path, which):
             _iterate(dataset)
     assert _one_line(error) == (f"{files[2]}: record 1 (at byte {offsets[1]}) is corrupt: its "
                                 "data fails its checksum")
-
-
-def test_find_broken_record_on_sound_files(tmp_path):
-    _, files = _write(tmp_path)
-    assert records.find_broken_record(files) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,56 +169,3 @@ def test_other_errors_pass_through(tmp_path):
     with pytest.raises(tf.errors.DataLossError, match="Unable to open table file"):
         with input_pipeline.data_errors_named(pattern):
             raise tf.errors.DataLossError(None, None, "Unable to open table file ckpt-3.index")
-
-
-# ----------------------------------------------------------------------------------------------
-# records.read_classes: the manifest's class metadata, what training names classes from.
-# ----------------------------------------------------------------------------------------------
-
-VOC_ENTRY = {"names": list(VOC_CLASSES), "palette": VOC_PALETTE[:21].tolist(), "ignore_label": 255}
-
-
-def test_read_classes_of_a_converted_folder(demo_output, tmp_path):
-    assert records.read_classes(convert_layout.shard_pattern(demo_output, "train")) == VOC_ENTRY
-    assert records.read_classes(convert_layout.shard_pattern(demo_output, "val")) == VOC_ENTRY
-    # A wildcard in the folder part: the manifests of the folders with matching files.
-    assert records.read_classes(str(demo_output.parent / "rec*" / "train-*.tfrecord")) == \
-        VOC_ENTRY
-    pattern, _ = _write(tmp_path / "bare")
-    assert records.read_classes(pattern) is None  # no manifest
-    (tmp_path / "bare" / convert_layout.MANIFEST_NAME).write_text('{"splits": {}}')
-    assert records.read_classes(pattern) is None  # a manifest without classes
-    # What converter versions before the class metadata wrote: VOC's names, a top-level ignore.
-    (tmp_path / "bare" / convert_layout.MANIFEST_NAME).write_text(
-        json.dumps({"classes": list(VOC_CLASSES), "ignore_label": 255}))
-    assert records.read_classes(pattern) == VOC_ENTRY
-
-
-@pytest.mark.parametrize("classes, expected", [
-    (["cat", "dog"], '"classes" is a list, not an object'),
-    ({"names": [], "palette": [], "ignore_label": 255}, '"names" is not a non-empty list'),
-    ({"names": ["a", "a"], "palette": [[0, 0, 0]] * 2, "ignore_label": 255}, "repeats a name"),
-    ({"names": ["a", "b"], "palette": [[0, 0, 0]], "ignore_label": 255},
-     "does not hold one colour for each of the 2 classes"),
-    ({"names": ["a"], "palette": [[0, 0, 256]], "ignore_label": 255}, "holds [0, 0, 256]"),
-    ({"names": ["a"], "palette": [[0, 0]], "ignore_label": 255}, "holds [0, 0]"),
-    ({"names": ["a", "b"], "palette": [[0, 0, 0], [1, 1, 1]], "ignore_label": 1},
-     '"ignore_label" is 1; expected an integer in 2..255'),
-    ({"names": ["a"], "palette": [[0, 0, 0]]}, '"ignore_label" is None'),
-])
-def test_read_classes_refuses_a_malformed_manifest(tmp_path, classes, expected):
-    pattern, _ = _write(tmp_path)
-    (tmp_path / convert_layout.MANIFEST_NAME).write_text(json.dumps({"classes": classes}))
-    with pytest.raises(records.DataError) as error:
-        records.read_classes(pattern)
-    message = _one_line(error)
-    assert message.startswith(f"{tmp_path / convert_layout.MANIFEST_NAME}: ") and expected in message
-
-
-def test_read_classes_of_folders_that_disagree(tmp_path):
-    for name, names in [("a", ["x", "y"]), ("b", ["x", "z"])]:
-        _write(tmp_path / name)
-        (tmp_path / name / convert_layout.MANIFEST_NAME).write_text(json.dumps({"classes": {
-            "names": names, "palette": [[0, 0, 0], [1, 1, 1]], "ignore_label": 255}}))
-    with pytest.raises(records.DataError, match="disagree on the classes"):
-        records.read_classes(str(tmp_path / "*" / "train-*.tfrecord"))

@@ -21,7 +21,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf.training import distribute
 from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
@@ -249,7 +248,7 @@ def test_multi_worker_two_processes(tmp_path):
     assert not (other / "export").exists()
 
 
-# ---------------------------------------------------------------------- schedules, steps, chief --
+# ----------------------------------------------------------------------------- schedules, steps --
 @pytest.mark.parametrize("schedule", ["constant", "poly", "cosine"])
 def test_learning_rate_schedules(schedule):
     config = config_lib.TrainConfig(train_data="x", workdir="w", learning_rate=1e-3,
@@ -285,19 +284,3 @@ def test_epochs_count_the_records(tmp_path):
         "shards": [{"file": f"train-{i:05d}-of-00002.tfrecord", "count": 50} for i in range(2)]}}}))
     with pytest.raises(records.DataError, match="train-00000-of-00002.tfrecord"):
         step_lib.resolve_train_steps(config)
-
-
-@pytest.mark.parametrize("cluster, task, chief", [
-    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, ("chief", 0), True),
-    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, ("worker", 0), False),
-    ({"worker": ["b:1", "c:1"]}, ("worker", 0), True),
-    ({"worker": ["b:1", "c:1"]}, ("worker", 1), False),
-])
-def test_is_chief(cluster, task, chief):
-    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
-        tf.train.ClusterSpec(cluster), task_type=task[0], task_id=task[1])
-
-    class FakeStrategy:
-        cluster_resolver = resolver
-
-    assert distribute.is_chief(FakeStrategy()) is chief

@@ -27,11 +27,11 @@ from absl import logging
 import tensorflow as tf
 
 from fcn8s_tf import class_info
+from fcn8s_tf import files
 from fcn8s_tf import render
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.data import records
 from fcn8s_tf.evaluation import evaluator
-from fcn8s_tf.training import workdir as workdir_lib
 
 
 def main(argv):
@@ -88,7 +88,7 @@ def main(argv):
     extra = {}
     if model_classes is not None and model_classes.names != class_names:  # the records' names
         extra["model_class_names"] = list(model_classes.names)
-    workdir_lib.write_json(json_path, evaluator.metrics_payload(
+    files.write_json(json_path, evaluator.metrics_payload(
         result, class_names, model=FLAGS.model, model_loaded=loaded, data=FLAGS.data,
         confusion_matrix=cm, **extra))
     print(f"Wrote {json_path}")

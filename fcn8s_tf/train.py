@@ -11,7 +11,9 @@ from absl import app
 from absl import logging
 import tensorflow as tf
 
+from fcn8s_tf import files
 from fcn8s_tf import flags as flags_lib
+from fcn8s_tf import signals
 from fcn8s_tf.data import records
 from fcn8s_tf.training import distribute
 from fcn8s_tf.training import loop
@@ -29,13 +31,16 @@ def main(argv):
     except distribute.TrainingInterrupted as e:  # 128 + signal number, as a shell reports a signal
         print(f"fcn8s_tf.train: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+    except signals.Interrupted as e:  # a second Ctrl-C: stopped without the checkpoint
+        print(f"fcn8s_tf.train: {e}, without a checkpoint of this step", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     except (loop.NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError,
             NotADirectoryError, PermissionError, workdir_lib.WorkdirInUseError,
             records.DataError) as e:
         raise SystemExit(f"fcn8s_tf.train: {e}") from None
     except tf.errors.OpError as e:  # e.g. a workdir TensorFlow cannot write (gfile)
         raise SystemExit(f"fcn8s_tf.train: {type(e).__name__}: {e.message}") from None
-    print(workdir_lib.dumps({k: v for k, v in result.items() if k != "eval"}))
+    print(files.dumps({k: v for k, v in result.items() if k != "eval"}))
 
 
 if __name__ == "__main__":

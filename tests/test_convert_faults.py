@@ -21,12 +21,11 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from fcn8s_tf import files
 from fcn8s_tf.data import demo_data
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.data.convert import publish as convert_publish
-from fcn8s_tf.data.convert import recover as convert_recover
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_tfrecords.py"
@@ -37,13 +36,13 @@ FIRST_TRAIN_ID = "demo_000000"  # the first train id in sorted order, its image 
 # Runs the tool with convert_recover._reached replaced: STOP_AT=<stage> pauses there (printing a
 # line the test waits for), TERM_AT=<stage> sends the process SIGTERM there and goes on;
 # NO_EXCHANGE=1 makes renameat2 fail, as on a file system without RENAME_EXCHANGE (it replaces
-# convert_publish._exchange). KILL_AT_STEP=k SIGKILLs the process just before the k-th file system
+# fcn8s_tf.files.exchange). KILL_AT_STEP=k SIGKILLs the process just before the k-th file system
 # change that involves OUTPUT_DIR or an entry directly in it, whatever the code that makes it
 # (os.unlink, rename, replace, link, rmdir; the swap).
 WRAPPER = """
 import os, signal, sys, time
 if __name__ == "__main__":  # spawned workers import this file again, as __mp_main__
-    from fcn8s_tf.data.convert import publish as convert_publish
+    from fcn8s_tf import files
     from fcn8s_tf.data.convert import recover as convert_recover
     kill_at = int(os.environ.get("KILL_AT_STEP", 0))
     if kill_at:
@@ -63,7 +62,7 @@ if __name__ == "__main__":  # spawned workers import this file again, as __mp_ma
             return step
         for name in ("unlink", "remove", "rename", "replace", "link", "rmdir"):
             setattr(os, name, counted(getattr(os, name)))
-        convert_publish._exchange = counted(convert_publish._exchange)
+        files.exchange = counted(files.exchange)
     def reached(stage):
         if stage == os.environ.get("TERM_AT"):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -74,7 +73,7 @@ if __name__ == "__main__":  # spawned workers import this file again, as __mp_ma
     if os.environ.get("NO_EXCHANGE"):
         def no_exchange(a, b):
             raise OSError(22, "Invalid argument (RENAME_EXCHANGE switched off by the test)")
-        convert_publish._exchange = no_exchange
+        files.exchange = no_exchange
     import runpy
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
@@ -258,7 +257,7 @@ def test_sigkill_at_any_change_to_output_dir_leaves_the_old_set_whole(tmp_path, 
 def test_overwrite_keeps_what_it_did_not_write(monkeypatch, roots, old_and_new, mode):
     output_dir, old, new = old_and_new
     if mode == "journal":
-        monkeypatch.setattr(convert_publish, "_exchange", _no_exchange)
+        monkeypatch.setattr(files, "exchange", _no_exchange)
     inode = os.stat(output_dir / "notes.txt").st_ino
     (output_dir / "val-00007-of-00009.tfrecord").write_bytes(b"a stray shard of mine")
     log = _Log()
@@ -303,12 +302,12 @@ def test_output_dir_that_is_a_symlink_stays_one(roots, tmp_path):
 def test_a_second_converter_on_a_folder_in_use_fails(roots, tmp_path):
     output_dir = tmp_path / "records"
     output_dir.mkdir()
-    held = convert_recover.lock(output_dir)  # what a running converter holds
+    held = files.lock(output_dir)  # what a running converter holds
     try:
         with pytest.raises(convert_layout.ConversionError, match="another make_tfrecords is writing"):
             _convert(roots, output_dir, NEW_SHARDS)
     finally:
-        convert_recover.unlock(held)
+        files.unlock(held)
     assert _snapshot(output_dir) == {}
 
 

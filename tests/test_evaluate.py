@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import files
 from fcn8s_tf import render
 from fcn8s_tf.evaluation import evaluator as evaluate_lib
 from fcn8s_tf.data import input_pipeline
@@ -444,7 +445,7 @@ def test_format_table_lists_every_class_and_marks_empty_union():
 def test_write_json_is_strict_json_with_null_for_empty_classes(tmp_path):
     cm = metrics.confusion_matrix(LABELS, PREDICTIONS, 4).numpy()
     path = tmp_path / "out" / "metrics.json"
-    workdir_lib.write_json(str(path), evaluate_lib.metrics_payload(
+    files.write_json(str(path), evaluate_lib.metrics_payload(
         metrics.scores(cm), ["bg", "cat", "dog", "cow"], num_images=np.int64(2),
         note=float("nan")))
     text = path.read_text()

@@ -879,11 +879,11 @@ def test_existing_workdir_refused_and_kept(tmp_path, at_once_file):
         imported_run.import_weights(str(broken), str(workdir), overwrite=True, log=lambda _: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.caffemodel", "run"]
     assert (workdir / "stale.txt").read_text() == "from an earlier run"
-    # A run a live trainer holds is not replaced either (its LOCK names this live process).
-    (workdir / workdir_lib.LOCK_FILE).write_text(json.dumps(
-        {"pid": os.getpid(), "host": os.uname().nodename, "since": "now"}))
-    with pytest.raises(FileExistsError, match=f"is in use by pid {os.getpid()}"):
-        imported_run.import_weights(str(at_once_file), str(workdir), overwrite=True, log=lambda _: None)
+    # A run a live trainer holds is not replaced either (its lock names this live process).
+    with workdir_lib.RunLock(str(workdir)):
+        with pytest.raises(FileExistsError, match=f"is in use by pid {os.getpid()}"):
+            imported_run.import_weights(str(at_once_file), str(workdir), overwrite=True,
+                                        log=lambda _: None)
 
 
 # ------------------------------------------------------------------------- --init_from --

@@ -18,6 +18,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from fcn8s_tf import files
+
 from bench import protocol
 from bench import report
 from bench import run
@@ -95,7 +97,7 @@ def main(argv):
     except FileNotFoundError as e:
         raise SystemExit(f"benchmark: {e}") from None
     if _JSON_OUTPUT.value:
-        protocol.write_json(_JSON_OUTPUT.value, results)
+        files.write_json(_JSON_OUTPUT.value, results)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w", encoding="utf-8") as f:
             f.write(report.render_markdown(results))

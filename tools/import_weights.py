@@ -12,11 +12,11 @@ schedulers and container runtimes send) stops the import as Ctrl-C does, with it
 removed.
 """
 
-import signal
 import sys
 
 from absl import app, flags
 
+from fcn8s_tf import signals
 from fcn8s_tf.training import imported_run
 
 FLAGS = flags.FLAGS
@@ -38,21 +38,9 @@ def define_flags() -> None:
                       "staged one. A .caffemodel carries its own.")
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    """SIGTERM unwinds as Ctrl-C does, as a KeyboardInterrupt naming the signal.
-
-    Not an Exception such as convert.Interrupted (make_tfrecords.py's): TensorFlow re-raises an
-    Exception that meets it while tracing the export as its own error (autograph's StagingError,
-    seen with a SIGTERM), but lets a BaseException through.
-    """
-    del frame  # unused
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     skip_scales = None
     if FLAGS.skip_scales is not None:
         try:
@@ -61,16 +49,16 @@ def main(argv):
             raise app.UsageError(f"--skip_scales must be two numbers pool4,pool3; got "
                                  f"{FLAGS.skip_scales}")
     try:
-        imported_run.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
-                                    overwrite=FLAGS.overwrite, skip_scales=skip_scales)
+        with signals.raising():
+            imported_run.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
+                                        overwrite=FLAGS.overwrite, skip_scales=skip_scales)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
         print(f"import_weights: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:
-        signum = signal.Signals[str(e) or "SIGINT"]
-        print(f"import_weights: interrupted by {signum.name}: temporary folder removed; "
-              f"--workdir={FLAGS.workdir} is replaced whole or not at all.", file=sys.stderr)
-        return 128 + signum
+    except signals.Interrupted as e:
+        print(f"import_weights: {e}: temporary folder removed; --workdir={FLAGS.workdir} is "
+              "replaced whole or not at all.", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

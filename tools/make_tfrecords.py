@@ -28,11 +28,10 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from fcn8s_tf import signals  # noqa: E402
 from fcn8s_tf.data.convert import convert  # noqa: E402
-
-from fcn8s_tf.data.convert import folders as convert_folders
-
-from fcn8s_tf.data.convert import layout as convert_layout
+from fcn8s_tf.data.convert import folders as convert_folders  # noqa: E402
+from fcn8s_tf.data.convert import layout as convert_layout  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: PASCAL VOC 2012 (+ SBD) in their "
@@ -78,11 +77,6 @@ _FORMAT_FLAGS = {"voc": ("voc_root", "sbd_root", "list", "list_split"),
 _REQUIRED = {"voc": ("voc_root",), "folders": ("images", "masks", "classes")}
 
 
-def _raise_interrupted(signum, frame):
-    del frame  # unused
-    raise convert.Interrupted(signum)
-
-
 def _check_format_flags() -> None:
     """Raises ConversionError for a flag of the other format, or a missing required one."""
     for other, names in _FORMAT_FLAGS.items():
@@ -114,18 +108,16 @@ def _convert() -> dict:
 
 def main(argv):
     del argv  # unused
-    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        manifest = _convert()
+        with signals.raising():
+            manifest = _convert()
     except convert_layout.ConversionError as e:
         print(f"make_tfrecords: error: {e}", file=sys.stderr)
         return 1
-    except (convert.Interrupted, KeyboardInterrupt) as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"make_tfrecords: interrupted by {signal.Signals(signum).name}: workers stopped, "
-              f"temporary files removed; {FLAGS.output_dir} holds no partial set.",
-              file=sys.stderr)
-        return 128 + signum
+    except signals.Interrupted as e:
+        print(f"make_tfrecords: {e}: workers stopped, temporary files removed; "
+              f"{FLAGS.output_dir} holds no partial set.", file=sys.stderr)
+        return e.exit_code
     counts = ", ".join(f"{split} {info['num_examples']}"
                        for split, info in manifest["splits"].items())
     print(f"Wrote {counts} examples to {FLAGS.output_dir} (manifest.json).")

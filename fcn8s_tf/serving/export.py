@@ -17,12 +17,12 @@ import keras
 import tensorflow as tf
 
 from fcn8s_tf import class_info
+from fcn8s_tf import files
 from fcn8s_tf import config as config_lib
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import budget as serving_budget
 from fcn8s_tf.serving import warmup as serving_warmup
-from fcn8s_tf.training import workdir as workdir_lib
 
 
 TMP_PREFIX = ".tmp-"  # an export being written: <base>/.tmp-<version>-p<pid>-<time>
@@ -61,7 +61,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     if tf.io.gfile.exists(final):
         raise FileExistsError(f"Export version directory already exists: {final}")
     tf.io.gfile.makedirs(export_base)
-    workdir_lib.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
+    files.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
                                        log=logging.info)
     tmp = os.path.join(export_base, f"{TMP_PREFIX}{version}-p{os.getpid()}-{int(time.time())}")
     dtype, why = config_lib.resolve_export_precision(precision)
@@ -81,7 +81,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
         tf.saved_model.save(serving.serving_root(signatures, names_file), tmp,
                             signatures=signatures)
         serving_warmup.write_warmup_file(tmp)
-        tf.io.gfile.rename(tmp, final)
+        files.publish_dir(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)

@@ -10,12 +10,11 @@ import json
 import os
 import signal
 import tempfile
-import threading
 from typing import Optional, Sequence
 
-from absl import logging
 import tensorflow as tf
 
+from fcn8s_tf import signals as signals_lib
 from fcn8s_tf.training import workdir as workdir_lib
 
 
@@ -63,42 +62,7 @@ class TrainingInterrupted(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
-class TerminationSignals:
-    """SIGTERM and SIGINT (a cloud preemption, `kill`, Ctrl-C) become a flag to poll.
-
-    The flag feeds tf.distribute's PreemptionCheckpointHandler (its `termination_watcher_fn`),
-    which saves a checkpoint at the next step boundary, in step with every worker of a cluster,
-    and then stops training. A second Ctrl-C stops at once, without that checkpoint.
-    """
-
-    def __init__(self):
-        self.received = None  # the first signal's number
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal() works only there
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            self.received = signum
-            logging.warning("%s received: saving a checkpoint at the end of this step, then "
-                            "stopping (Ctrl-C again to stop without it)",
-                            signal.Signals(signum).name)
-
-    def is_set(self) -> bool:
-        return self.received is not None
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def preemption_handler(strategy, manager, signals: TerminationSignals, step_var):
+def preemption_handler(strategy, manager, signals: signals_lib.StopFlag, step_var):
     """tf.distribute's PreemptionCheckpointHandler, saving through our CheckpointManager."""
 
     def stop():

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from typing import Callable, Optional, Sequence, Tuple
 
+from fcn8s_tf import files
+from fcn8s_tf import signals
 from fcn8s_tf.model.weights.fcn8s_map import (ImportedFCN8s, build_model, check_fcn8s, describe,
                                               fcn8s_from, read_weights)
 from fcn8s_tf.model.weights.layers import WeightsError, check_readable
@@ -32,7 +34,7 @@ def file_sha1(path: str) -> str:
 
 # An import in progress: <parent>/.import_weights.tmp-p<pid>-<workdir name>-XXXXXXXX holds the
 # workdir being written (new/) and, during the swap, the one it replaces (old/). The pid lets a
-# later import remove what a killed one left (workdir.remove_stale_temp_dirs) and leave alone the
+# later import remove what a killed one left (files.remove_stale_temp_dirs) and leave alone the
 # folder of one still running.
 IMPORT_TMP_PREFIX = ".import_weights.tmp-"
 
@@ -82,7 +84,6 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
     import tensorflow as tf
     from fcn8s_tf.serving import export as export_lib
     from fcn8s_tf.training import workdir as workdir_lib
-    from fcn8s_tf.data.convert.publish import signals_deferred
 
     staging = _make_staging(workdir, log)
     try:
@@ -95,13 +96,13 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
         manager.save(checkpoint_number=0)
         export_dir = export_lib.export_saved_model(
             model, workdir_lib.path(new, workdir_lib.EXPORT_DIR))
-        workdir_lib.write_json(os.path.join(new, IMPORTED_FROM_FILE), {
+        files.write_json(os.path.join(new, IMPORTED_FROM_FILE), {
             "weights": os.path.abspath(weights_path), "sha1": digest, "format": imported.format,
             "num_classes": imported.num_classes, "fc_units": imported.fc_units,
             "skip_scales": list(imported.skip_scales), "scale_notes": imported.scale_notes,
             "layers": imported.layer_names})
-        with signals_deferred():  # a signal between the two renames would strand both runs
-            _replace_dir(new, workdir, aside=os.path.join(staging, "old"))
+        with signals.deferred():  # a signal between two renames would strand both runs
+            files.publish_dir(new, workdir, aside=os.path.join(staging, "old"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     export_dir = os.path.join(workdir, os.path.relpath(export_dir, new))
@@ -151,7 +152,6 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
 def _make_staging(workdir: str, log: Callable[[str], None]) -> str:
     """A new IMPORT_TMP_PREFIX folder beside workdir, once those of killed imports are removed."""
     import tensorflow as tf
-    from fcn8s_tf.training import workdir as workdir_lib
 
     parent = os.path.dirname(workdir)
     try:
@@ -159,7 +159,7 @@ def _make_staging(workdir: str, log: Callable[[str], None]) -> str:
     except OSError as e:
         raise PermissionError(f"--workdir={workdir} cannot be created: {e}") from None
     try:
-        workdir_lib.remove_stale_temp_dirs(
+        files.remove_stale_temp_dirs(
             parent, lambda name: name.startswith(IMPORT_TMP_PREFIX), log=log)
     except (OSError, tf.errors.OpError) as e:  # another user's, say: not ours to remove
         log(f"note: a killed import's folder in {parent} could not be removed: {e}")
@@ -169,19 +169,3 @@ def _make_staging(workdir: str, log: Callable[[str], None]) -> str:
     except OSError as e:
         raise PermissionError(f"--workdir={workdir} cannot be created in {parent}: "
                               f"{e.strerror}") from None
-
-
-def _replace_dir(new: str, target: str, aside: str) -> None:
-    """Renames new to target; an existing target is first renamed to `aside`, deleted with it.
-
-    Two renames: a SIGKILL between them (microseconds) leaves no target, and both runs in the
-    temporary folder that the next import removes.
-    """
-    if os.path.isdir(target):
-        os.rename(target, aside)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        if os.path.isdir(aside):
-            os.rename(aside, target)
-        raise

@@ -26,6 +26,8 @@ import keras
 import tensorflow as tf
 
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import files
+from fcn8s_tf import signals as signals_lib
 from fcn8s_tf.training import distribute
 from fcn8s_tf.training import step as step_lib
 from fcn8s_tf.evaluation import evaluator as evaluate_lib
@@ -98,7 +100,7 @@ def _write_run_files(config: TrainConfig, flags_text: str, classes: class_info.C
     if flags_text:
         with tf.io.gfile.GFile(workdir_lib.path(config.workdir, workdir_lib.FLAGS_FILE), "w") as f:
             f.write(flags_text)
-    workdir_lib.remove_stale_temp_dirs(
+    files.remove_stale_temp_dirs(
         workdir_lib.path(config.workdir, workdir_lib.CHECKPOINT_DIR),
         lambda name: name.endswith("_temp"), log=logging.warning)
 
@@ -212,7 +214,7 @@ def _train(config: TrainConfig, devices: Optional[Sequence[str]], flags_text: st
     _check_workdir(config)  # everything that can be wrong fails before the workdir changes
     lock = (workdir_lib.RunLock(config.workdir, log=logging.warning) if chief
             else contextlib.nullcontext())
-    with lock, distribute.TerminationSignals() as signals:
+    with lock, signals_lib.StopFlag() as signals:
         if chief:
             _write_run_files(config, flags_text, classes)
         logging.info("Strategy %s with %d replica(s); %d steps of global batch %d; policy %s",
@@ -313,7 +315,7 @@ def _run(config: TrainConfig, strategy, state: _State, total_steps: int,
             model_kwargs=config.model_kwargs(), classes=classes)
         logging.info("Exported SavedModel to %s", export_path)
     if last_eval is not None and state.chief:
-        workdir_lib.write_json(
+        files.write_json(
             workdir_lib.path(config.workdir, workdir_lib.VAL_METRICS_FILE),
             evaluate_lib.metrics_payload(last_eval, evaluate_and_log.class_names,
                                          step=total_steps, data=config.val_data))

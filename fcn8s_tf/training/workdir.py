@@ -8,8 +8,8 @@
     <workdir>/export/<version>/   SavedModels (fcn8s_tf/serving/contract.py)
 
 Training writes these; evaluation, export, prediction and tools/import_weights.py read or write
-them through this module, so the names live here only. Every JSON file is written atomically (a
-temporary sibling, then a rename) and strictly (NaN and inf become null: JSON has neither).
+them through this module, so the names live here only. Every JSON file is written by
+fcn8s_tf/files.py: atomically and strictly (NaN and inf become null: JSON has neither).
 """
 
 import json
@@ -17,10 +17,11 @@ import math
 import os
 import socket
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
 import tensorflow as tf
+
+from fcn8s_tf import files
 
 CONFIG_FILE = "model_config.json"
 FLAGS_FILE = "flags.txt"
@@ -33,43 +34,6 @@ EXPORT_DIR = "export"
 def path(workdir: str, name: str) -> str:
     """`<workdir>/<name>`, for one of the names above."""
     return os.path.join(workdir, name)
-
-
-# ------------------------------------------------------------------------------------------ JSON --
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None, numpy scalars/arrays -> Python, recursively (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def dumps(payload: Any, indent: Optional[int] = None) -> str:
-    """Strict JSON text of `payload` (json_safe first, so a NaN can never reach the output)."""
-    return json.dumps(json_safe(payload), indent=indent, allow_nan=False)
-
-
-def write_json(file_path: str, payload: Any) -> None:
-    """Writes `payload` as strict JSON, atomically: readers see the old file or the new one."""
-    text = dumps(payload, indent=2) + "\n"
-    directory = os.path.dirname(file_path) or "."
-    tf.io.gfile.makedirs(directory)
-    tmp = os.path.join(directory, f".{os.path.basename(file_path)}.tmp-{os.getpid()}")
-    try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(tmp, file_path, overwrite=True)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------- model config --
@@ -105,7 +69,7 @@ def write_model_config(workdir: str, model_kwargs: Dict[str, Any], classes=None)
     payload = dict(model_kwargs)
     if classes is not None:
         payload["classes"] = classes.to_json()
-    write_json(path(workdir, CONFIG_FILE), payload)
+    files.write_json(path(workdir, CONFIG_FILE), payload)
 
 
 def latest_checkpoint(workdir: str) -> Optional[str]:
@@ -241,58 +205,56 @@ class WorkdirInUseError(RuntimeError):
     """Another live process is training in this workdir."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class RunLock:
-    """One trainer per workdir: `<workdir>/LOCK` holds the owner's pid and host.
+    """One trainer per workdir: an flock(2) on `<workdir>/LOCK`, which names its holder.
 
-    Created with O_CREAT | O_EXCL, so of two trainers starting together exactly one gets it. A lock
-    whose process is gone (same host, pid not alive: the trainer was SIGKILLed) is taken over with a
-    warning; a lock held by a live process, or by another host (whose processes cannot be checked
-    from here), makes the second trainer fail at once naming the owner. Local paths only: on a
-    remote filesystem (gs://...) the lock is skipped with a log line, since O_EXCL is not
-    available there.
+    fcn8s_tf/files.py's lock, so a trainer killed in any way (SIGKILL, the OOM killer) leaves no
+    lock behind: the kernel releases it. The file holds the owner's pid, host and start time, for
+    the message a second trainer fails with at once; it is removed on a clean exit, and one left by
+    a killed trainer is taken over with a log line. Remote workdirs (gs://...) have no flock: the
+    lock is skipped there with a log line, as it is on a local file system without flock.
     """
 
     def __init__(self, workdir: str, log=None):
         self.path = os.path.join(workdir, LOCK_FILE)
         self.log = log or (lambda message: None)
-        self.held = False
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
-        if "://" in self.path:
+        if files.is_remote(self.path):
             self.log(f"{self.path}: remote workdir, no lock taken (one trainer at a time is up "
                      "to you)")
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        host, me = socket.gethostname(), os.getpid()
-        for _ in range(2):
+        for _ in range(3):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644))
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fd = files.lock(self.path)
+            except BlockingIOError:
                 owner = self._owner()
-                if owner.get("host") == host and not _pid_alive(int(owner.get("pid", -1))):
-                    self.log(f"{self.path}: taking over the lock of pid {owner.get('pid')}, which "
-                             "is no longer running (killed?)")
-                    os.remove(self.path)
-                    continue
                 raise WorkdirInUseError(
                     f"{os.path.dirname(self.path)} is in use by pid {owner.get('pid')} on "
                     f"{owner.get('host')} since {owner.get('since')} ({self.path}). Wait for it, "
-                    "stop it, or use another --workdir; if that process is gone, delete "
-                    f"{self.path}.") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": me, "host": host,
+                    "stop it, or use another --workdir.") from None
+            if fd is None:
+                self.log(f"{self.path}: this file system has no flock, no lock taken (one trainer "
+                         "at a time is up to you)")
+                return self
+            try:  # the file may have been removed by its last holder between open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                files.unlock(fd)
+                continue
+            self._fd = fd
+            previous = self._owner()
+            if previous.get("pid") not in (None, -1):
+                self.log(f"{self.path}: taking over the lock of pid {previous.get('pid')} on "
+                         f"{previous.get('host')}, which is no longer running (killed?)")
+            with open(self.path, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
-            self.held = True
             return self
         raise WorkdirInUseError(f"{self.path}: could not take the lock")
 
@@ -300,41 +262,14 @@ class RunLock:
         try:
             with open(self.path) as f:
                 return json.load(f)
-        except (OSError, ValueError):  # being written, or garbage: treat as held by unknown
+        except (OSError, ValueError):  # empty (being written), or garbage
             return {"pid": -1, "host": "an unknown host", "since": "an unknown time"}
 
     def __exit__(self, *exc) -> None:
-        if self.held:
-            try:
+        if self._fd is not None:
+            try:  # removed while still held, so that no one can take the file being removed
                 os.remove(self.path)
             except FileNotFoundError:
                 pass
-            self.held = False
-
-
-def remove_stale_temp_dirs(directory: str, is_temp: Callable[[str], bool], log=None) -> list:
-    """Deletes the temp folders in `directory` that killed processes left; returns their paths.
-
-    `is_temp(name)` picks the folders. A name that carries its writer's pid as a `-p<pid>` part
-    (the export's `.tmp-<version>-p<pid>-<time>`) is removed only when that pid is gone; a name
-    without one (TF's `ckpt-N_temp` checkpoint parts) is removed outright: callers hold the workdir
-    lock, so no live writer of it exists.
-    """
-    removed = []
-    if not tf.io.gfile.isdir(directory):
-        return removed
-    for name in tf.io.gfile.listdir(directory):
-        name = name.rstrip("/")
-        if not is_temp(name):
-            continue
-        pid = next((int(part[1:]) for part in name.split("-")
-                    if part.startswith("p") and part[1:].isdigit()), None)
-        if pid is not None and _pid_alive(pid):
-            continue
-        full = os.path.join(directory, name)
-        if tf.io.gfile.isdir(full):
-            tf.io.gfile.rmtree(full)
-            removed.append(full)
-            if log:
-                log(f"removed {full}, left by an interrupted run")
-    return removed
+            files.unlock(self._fd)
+            self._fd = None

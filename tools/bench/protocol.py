@@ -12,7 +12,6 @@ TensorFlow, and the parent, which only schedules children and writes the report,
 
 import importlib
 import json
-import math
 import os
 import re
 import resource
@@ -24,6 +23,8 @@ import traceback
 from typing import Callable, Dict, List, Tuple
 
 from absl import logging
+
+from fcn8s_tf import files
 
 from bench.settings import REPO_DIR, TOOLS_DIR
 
@@ -48,26 +49,6 @@ _CHILD_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); from bench imp
                     "protocol.child_main(sys.argv[2], sys.argv[3])")
 
 
-def finite(value):
-    """value with every non-finite float replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_json(path: str, payload) -> None:
-    """Writes JSON atomically (temp file + rename), so a killed writer never leaves half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(finite(payload), f, indent=2, allow_nan=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def short_error(error: BaseException) -> str:
     """One line naming the exception: its type and the last non-empty line of its message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -88,7 +69,7 @@ def child_main(tasks_json: str, result_path: str) -> None:
 
         def progress(_entry=entry, **fields):
             _entry.update(fields)
-            write_json(result_path, results)
+            files.write_json(result_path, results)
 
         progress()
         try:
@@ -99,7 +80,7 @@ def child_main(tasks_json: str, result_path: str) -> None:
             entry.update(status="failed", error=short_error(e))
         # Peak of the whole child so far: per task when a child runs one task.
         entry["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        write_json(result_path, results)
+        files.write_json(result_path, results)
 
 
 def ok(entry) -> bool:

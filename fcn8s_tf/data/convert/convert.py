@@ -29,7 +29,6 @@ user fixes them.
 import concurrent.futures
 import datetime
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,15 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, TextIO, Tuple
 import numpy as np
 
 import fcn8s_tf
+from fcn8s_tf import files
+from fcn8s_tf import signals
 from fcn8s_tf.data.convert import folders as folders_source
 from fcn8s_tf.data.convert import voc_sbd as voc_source
 from fcn8s_tf.data.convert.examples import Plan, PreparedExample, class_pixels, count_values
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, ConversionError, PathLike, format_names,
                                           shard_bounds, shard_name)
-from fcn8s_tf.data.convert.publish import Staging, check_writable, existing_outputs, signals_deferred
-from fcn8s_tf.data.convert.recover import fsync, owned, recover, take, unlock, write_json
+from fcn8s_tf.data.convert.publish import Staging, check_writable, existing_outputs
+from fcn8s_tf.data.convert.recover import owned, recover, take
 from fcn8s_tf.data.convert.workers import map_in_order, start_workers, stop_workers
 
 DEFAULT_NUM_SHARDS = {"train": 16, "val": 4}  # a split other than these two gets val's count
@@ -52,14 +53,6 @@ _SHARD_FLAGS = {"train": "--train_shards"}  # every other split's count: --val_s
 FORMAT = ("TFRecord, TF Model Garden segmentation keys (fcn8s_tf.data.records): image = the JPEG "
           "file's bytes as read, any other format decoded and re-encoded losslessly as PNG (each "
           "split's reencoded counts them); label = single-channel PNG of class indices, 255 = void")
-
-
-class Interrupted(Exception):
-    """The converter was asked to stop by a signal (make_tfrecords.py raises it on SIGTERM)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 def convert(voc_root: PathLike, sbd_root: Optional[PathLike], output_dir: PathLike, *,
@@ -92,8 +85,8 @@ def convert(voc_root: PathLike, sbd_root: Optional[PathLike], output_dir: PathLi
     Raises:
       ConversionError: bad input (see voc_sbd), output_dir not writable or in use by another
         converter; output_dir is left as it was.
-      Interrupted, KeyboardInterrupt: as raised by the signal handlers; the workers are stopped
-        and the temporary files removed first.
+      signals.Interrupted: as raised by the signal handlers (signals.raising); the workers are
+        stopped and the temporary files removed first.
     """
     return write(lambda: voc_source.plan(voc_root, sbd_root, list_file, list_split), output_dir,
                  num_shards=num_shards, num_workers=num_workers, overwrite=overwrite,
@@ -121,7 +114,7 @@ def convert_folders(images: PathLike, masks: PathLike, classes_file: PathLike,
     Returns:
       The manifest (also written to output_dir/manifest.json).
     Raises:
-      ConversionError, Interrupted, KeyboardInterrupt: as convert().
+      ConversionError, signals.Interrupted: as convert().
     """
     return write(lambda: folders_source.plan(
         images, masks, classes_file, splits=splits, lists=lists, seed=seed,
@@ -201,7 +194,7 @@ def _write_split(split: str, sources: List, num_shards: int, tmp_dir: Path,
                     if example.image_format != "jpeg":
                         reencoded.append(example.source_format)
                     progress.update()
-            fsync(path)
+            files.fsync(path)
         except (tf.errors.OpError, OSError) as e:  # a full disk, a quota, a vanished folder
             message = e.message if isinstance(e, tf.errors.OpError) else e.strerror
             raise ConversionError(f"cannot write {path}: {message}") from None
@@ -235,7 +228,7 @@ def _write_all(plan: Plan, shards: Dict[str, int], staging: Staging, num_workers
                progress_stream: Optional[TextIO]) -> dict:
     """Prepares every example (in worker processes) and writes shards and manifest to staging."""
     # Before any shard: what a later run's clean-up reads to know these files are ours.
-    write_json(staging.path / MANIFEST_NAME, {"incomplete": True, "splits": {
+    files.write_json(staging.path / MANIFEST_NAME, {"incomplete": True, "splits": {
         split: {"shards": [{"file": shard_name(split, i, count)} for i in range(count)]}
         for split, count in shards.items()}})
     executor = start_workers(num_workers) if num_workers > 1 else None
@@ -266,7 +259,7 @@ def _write_all(plan: Plan, shards: Dict[str, int], staging: Staging, num_workers
         "classes": plan.classes.manifest_entry(),
         "splits": splits,
     }
-    write_json(staging.path / MANIFEST_NAME, manifest)
+    files.write_json(staging.path / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -340,7 +333,7 @@ def write(make_plan: Callable[[], Plan], output_dir: PathLike, *,
         manifest = _write_all(plan, shards, staging, num_workers, progress_stream)
 
         # Stage 4: put the set in place (see publish); signals wait for it.
-        with signals_deferred():
+        with signals.deferred():
             staging.commit(old_owned, planned)
             staging, committed = None, True
         _note_strays(output_dir, planned, shards, log)
@@ -356,7 +349,7 @@ def write(make_plan: Callable[[], Plan], output_dir: PathLike, *,
     finally:
         if staging is not None:
             staging.discard()
-        unlock(lock)
+        files.unlock(lock)
         if created_output_dir and not committed:
             try:
                 output_dir.rmdir()  # only if empty

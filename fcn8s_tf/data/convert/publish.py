@@ -19,75 +19,24 @@ shard name is gone: do not convert into the folder of a running training job. Th
 output_dir a new inode: a bind mount of output_dir itself (docker run -v data/tfrecords:/data)
 keeps showing the old, emptied folder; mount its parent instead.
 
-_exchange is a module attribute on purpose: tests/test_convert_faults.py replaces it to take
-RENAME_EXCHANGE away (and recover._reached to stop the process at a named step).
+The swap is fcn8s_tf/files.py's `exchange`, called through that module on purpose:
+tests/test_convert_faults.py replaces it to take RENAME_EXCHANGE away (and recover._reached to stop the process at a named step).
 """
 
-import contextlib
-import ctypes
-import errno
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, List, Optional, Set
 
+from fcn8s_tf import files
 from fcn8s_tf.data.convert import recover as _recover
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_SUFFIX,
                                           ConversionError, format_names)
-from fcn8s_tf.data.convert.recover import (TMP_PREFIX, empty_leftover, fsync, is_own_tmp, lock,
-                                           owned, roll_forward, same_file, sibling_prefix, unlock,
-                                           write_json)
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2  # linux/fs.h
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """SIGINT and SIGTERM wait until the block is done, then take effect as usual.
-
-    Around the few renames that put a finished set in place: a handler that raised in the middle
-    would leave the work half done for the next run to finish. SIGKILL cannot wait; the renames
-    are ordered so that the next run can finish them.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in received:
-            signal.raise_signal(signum)
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swaps two folders in one step (Linux renameat2 RENAME_EXCHANGE).
-
-    Raises:
-      OSError: not Linux, no renameat2 in the C library (glibc < 2.28), or the file system does
-        not support the exchange (EINVAL, e.g. NFS), or any rename error.
-    """
-    if not sys.platform.startswith("linux"):
-        raise OSError(errno.ENOSYS, "renameat2(RENAME_EXCHANGE) is Linux-only")
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        raise OSError(errno.ENOSYS, "this C library has no renameat2")
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, os.strerror(error), str(a), None, str(b))
-
+from fcn8s_tf.data.convert.recover import (TMP_PREFIX, empty_leftover, is_own_tmp, owned,
+                                           roll_forward, same_file, sibling_prefix)
 
 def _exchange_unavailable(output_dir: Path) -> Optional[str]:
     """Why output_dir cannot be swapped with a sibling folder, or None when it can."""
@@ -111,7 +60,7 @@ def _exchange_unavailable(output_dir: Path) -> Optional[str]:
     except OSError as e:
         return f"cannot create a folder in {parent} ({e.strerror})"
     try:
-        _exchange(*probe)
+        files.exchange(*probe)
     except OSError as e:
         return f"renameat2(RENAME_EXCHANGE) failed on {parent}: {e.strerror}"
     finally:
@@ -144,7 +93,7 @@ class Staging:
         if self.mode_note is None:
             self.path = Path(tempfile.mkdtemp(prefix=sibling_prefix(output_dir),
                                               dir=output_dir.parent))
-            self._fd = lock(self.path)
+            self._fd = files.lock(self.path)
             st = os.stat(output_dir)
             os.chmod(self.path, stat.S_IMODE(st.st_mode))
             try:  # keep the folder's owner and group (root can; a member of the group can)
@@ -163,7 +112,7 @@ class Staging:
 
     def commit(self, old_owned: Set[str], new_files: List[str]) -> None:
         """Puts the finished set in place; the old set stays whole until then."""
-        fsync(self.path)
+        files.fsync(self.path)
         if self.exchange:
             try:
                 self._commit_exchange(old_owned)
@@ -188,16 +137,16 @@ class Staging:
             os.rename(output_dir / name, self.path / name)
         _recover._reached("exchange")
         try:
-            _exchange(self.path, output_dir)
+            files.exchange(self.path, output_dir)
         except OSError as e:
             _empty_leftover_carried(self.path, output_dir)
             moved_to = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=output_dir))
             os.rmdir(moved_to)
             os.rename(self.path, moved_to)
-            unlock(self._fd)
+            files.unlock(self._fd)
             self._fd = None
             raise _ExchangeFailed(moved_to) from e
-        fsync(output_dir.parent)
+        files.fsync(output_dir.parent)
         _recover._reached("exchanged")
         kept = empty_leftover(self.path, output_dir)  # the old set, now at self.path
         if kept:
@@ -205,15 +154,16 @@ class Staging:
                 f"the new records are in {output_dir}, but {self.path} still holds "
                 f"{format_names(sorted(kept))}: entries of output_dir that were replaced while "
                 "the converter swapped it; look at them and delete the folder.")
-        unlock(self._fd)
+        files.unlock(self._fd)
         self._fd = None
 
     def _commit_journal(self, old_owned: Set[str], new_files: List[str]) -> None:
         journal = {"tmp_dir": self.path.name, "new": new_files,
-                   "old": sorted(old_owned - {MANIFEST_NAME, MANIFEST_NAME + ".tmp"})}
-        write_json(self.output_dir / REPLACING_NAME, journal)
+                   "old": sorted(name for name in old_owned if name != MANIFEST_NAME
+                                 and not files.is_temp_of(name, MANIFEST_NAME))}
+        files.write_json(self.output_dir / REPLACING_NAME, journal)
         self.past_commit_point = True  # from here on, only finishing the move is right
-        fsync(self.output_dir)
+        files.fsync(self.output_dir)
         _recover._reached("journal")
         roll_forward(self.output_dir, journal)
 
@@ -226,7 +176,7 @@ class Staging:
                 else:
                     shutil.rmtree(self.path, ignore_errors=True)
         finally:
-            unlock(self._fd)
+            files.unlock(self._fd)
             self._fd = None
 
 

@@ -1,6 +1,6 @@
 """The states a conversion can leave output_dir in, and recover(): from any of them to a whole set.
 
-What publish builds on: the lock that keeps a second converter out, durable writes, the
+What publish builds on: the lock that keeps a second converter out (fcn8s_tf/files.py's), the
 names of the temporary folders, and the two ways a replacement is finished or undone (emptying a
 swapped-out or unfinished folder; rolling a journal forward). recover() runs first in every
 conversion, so whatever a killed run left is finished or undone before anything else.
@@ -16,11 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, List, Optional, Set
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock there
-    fcntl = None
-
+from fcn8s_tf import files
 from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, ConversionError, PathLike,
                                           format_names, manifest_files)
 
@@ -31,26 +27,6 @@ _MKDTEMP_SUFFIX = re.compile(r"[a-z0-9_]{8}")  # what tempfile.mkdtemp appends t
 
 def _reached(stage: str) -> None:
     """A named point of the commit: a no-op; tests replace it to kill the process exactly there."""
-
-
-def fsync(path: Path) -> None:
-    """Flushes a file's or a folder's contents to disk (a rename is only durable after this)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Writes JSON to path atomically: a reader (or a later run) sees the old file or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sibling_prefix(output_dir: Path) -> str:
@@ -67,38 +43,13 @@ def _is_sibling_tmp(name: str, output_dir: Path) -> bool:
     return name.startswith(prefix) and bool(_MKDTEMP_SUFFIX.fullmatch(name[len(prefix):]))
 
 
-def lock(directory: Path) -> Optional[int]:
-    """An exclusive lock on a folder (the open descriptor), or None where locks do not work.
-
-    Raises:
-      BlockingIOError: another process holds it.
-    """
-    if fcntl is None:
-        return None
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise
-    except OSError:  # no flock on this file system: go on unlocked
-        os.close(fd)
-        return None
-    return fd
-
-
 def take(output_dir: Path) -> Optional[int]:
     """The lock that keeps a second converter out of output_dir."""
     try:
-        return lock(output_dir)
+        return files.lock(output_dir)
     except BlockingIOError:
         raise ConversionError(f"--output_dir={output_dir}: another make_tfrecords is writing "
                               "it; wait for it to finish.") from None
-
-
-def unlock(fd: Optional[int]) -> None:
-    if fd is not None:
-        os.close(fd)
 
 
 def _read_manifest_names(directory: Path) -> Optional[Set[str]]:
@@ -112,8 +63,11 @@ def _read_manifest_names(directory: Path) -> Optional[Set[str]]:
 
 
 def owned(directory: Path) -> Set[str]:
-    """What the converter wrote in directory: the shards its manifest lists and the manifest."""
-    return (_read_manifest_names(directory) or set()) | {MANIFEST_NAME, MANIFEST_NAME + ".tmp"}
+    """What the converter wrote in directory: the shards its manifest lists, the manifest and
+    what a killed write of it left."""
+    entries = os.listdir(directory) if os.path.isdir(directory) else []
+    temporaries = {entry for entry in entries if files.is_temp_of(entry, MANIFEST_NAME)}
+    return (_read_manifest_names(directory) or set()) | {MANIFEST_NAME} | temporaries
 
 
 def same_file(a: str, b: Path) -> bool:
@@ -165,7 +119,7 @@ def roll_forward(output_dir: Path, journal: dict) -> None:
         (output_dir / name).unlink(missing_ok=True)
     if (tmp_dir / MANIFEST_NAME).exists():
         os.replace(tmp_dir / MANIFEST_NAME, output_dir / MANIFEST_NAME)
-    fsync(output_dir)
+    files.fsync(output_dir)
     (output_dir / REPLACING_NAME).unlink()
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -219,13 +173,13 @@ def recover(output_dir: PathLike, log: Callable[[str], None] = lambda line: None
         if not (_is_sibling_tmp(entry.name, output_dir) and entry.is_dir(follow_symlinks=False)):
             continue
         try:
-            fd = lock(Path(entry.path))
+            fd = files.lock(Path(entry.path))
         except BlockingIOError:
             continue  # a live run's (it swapped output_dir out and is emptying the old one)
         try:
             kept = empty_leftover(Path(entry.path), output_dir)
         finally:
-            unlock(fd)
+            files.unlock(fd)
         if kept:
             log(f"kept {entry.path}, left by an interrupted run: {format_names(sorted(kept))} "
                 f"are not the converter's and {output_dir} has entries of the same name")

@@ -2,7 +2,7 @@
 
 However the converter dies: prctl PR_SET_PDEATHSIG on Linux (the kernel SIGKILLs a worker when its
 parent dies, SIGKILL included), and a thread that watches the parent everywhere. On SIGINT, and on
-SIGTERM that tools/make_tfrecords.py turns into convert.Interrupted, the converter kills them
+SIGTERM that tools/make_tfrecords.py turns into signals.Interrupted, the converter kills them
 (stop_workers) before it removes its temporary files and exits.
 
 Workers are started with 'spawn' and import the modules of the function they run: those import no

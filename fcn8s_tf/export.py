@@ -10,28 +10,27 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf.serving import budget as serving_budget
 from fcn8s_tf.serving import export as export_lib
-from fcn8s_tf.training import workdir as workdir_lib
+from fcn8s_tf.serving import loader
+from fcn8s_tf.model import run_dir
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     FLAGS = flags.FLAGS
-    export_base = FLAGS.export_dir or workdir_lib.path(FLAGS.workdir, workdir_lib.EXPORT_DIR)
+    export_base = FLAGS.export_dir or run_dir.path(FLAGS.workdir, run_dir.EXPORT_DIR)
     try:
-        model, _ = workdir_lib.load_model(FLAGS.workdir)
-        path = export_lib.export_saved_model(model, export_base, FLAGS.version,
-                                             model_kwargs=workdir_lib.read_model_config(
-                                                 FLAGS.workdir),
+        run = loader.load(FLAGS.workdir, kinds=(loader.WORKDIR,))
+        path = export_lib.export_saved_model(run.keras_model, export_base, FLAGS.version,
+                                             model_kwargs=run.model_kwargs,
                                              precision=FLAGS.precision,
                                              max_image_pixels=FLAGS.max_image_pixels,
                                              max_output_bytes=FLAGS.max_output_bytes,
-                                             classes=workdir_lib.read_classes(FLAGS.workdir))
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-            ValueError) as e:
+                                             classes=run.classes)
+    except (FileExistsError, NotADirectoryError, PermissionError, ValueError) as e:
         raise SystemExit(f"fcn8s_tf.export: {e}") from None
     except tf.errors.OpError as e:  # e.g. an --export_dir TensorFlow cannot write
         raise SystemExit(f"fcn8s_tf.export: {type(e).__name__}: {e.message}") from None
@@ -52,7 +51,7 @@ def define_flags() -> None:
                          "Serving budget per request: a request whose answer (labels, plus "
                          "probabilities where asked for) would take more bytes is refused.",
                          lower_bound=1)
-    flags.DEFINE_enum("precision", "auto", list(config_lib.EXPORT_PRECISIONS),
+    flags.DEFINE_enum("precision", "auto", list(precision_lib.EXPORT_PRECISIONS),
                       "The dtype the served net computes in. auto (default): bfloat16 where this "
                       "machine runs bf16 natively (Ampere+ GPUs, AMX/AVX512_BF16 CPUs), else "
                       "float32; export on the kind of machine that will serve, or say which.")

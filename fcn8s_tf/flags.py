@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(config_lib.TrainConfig)
              if f.default is not dataclasses.MISSING}
@@ -94,7 +95,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("adam_epsilon", d["adam_epsilon"], "Adam epsilon.", lower_bound=0.0, **fv)
     flags.DEFINE_bool("amsgrad", d["amsgrad"], "AMSGrad variant of Adam (as the course report's "
                       "algorithm).", **fv)
-    flags.DEFINE_enum("precision", d["precision"], list(config_lib.PRECISIONS),
+    flags.DEFINE_enum("precision", d["precision"], list(precision_lib.PRECISIONS),
                       "Keras mixed-precision policy. auto (default): mixed_bfloat16 on GPUs of "
                       "compute capability >= 8.0 and CPUs with AMX/AVX512_BF16, mixed_float16 on "
                       "7.x GPUs, float32 otherwise (logged at start). mixed_float16 adds dynamic "

@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 from fcn8s_tf.serving import client
+from fcn8s_tf.serving import loader
 
 
 def main(argv):
@@ -30,7 +31,7 @@ def main(argv):
         else:
             model = client.RestModel(FLAGS.server, timeout=FLAGS.timeout)
         results = client.predict_files(model, paths, FLAGS.output_dir)
-    except client.PredictError as e:
+    except (client.PredictError, loader.ModelLoadError) as e:
         raise SystemExit(f"fcn8s_tf.predict: error: {e}") from None
     print(f"Masks and overlays of {len(results)} image(s) in {FLAGS.output_dir}")
 

@@ -19,12 +19,16 @@ def voc_sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory) -> Path:
-    """One tiny trained run (2 steps, 3 classes, fc 16, float32) with its export, built once per
-    test session for the tests that only need *a* trained workdir. Treat it as read-only: a test
-    that changes a run trains its own."""
+    """One tiny trained run (1 step, 3 classes, fc 16, float32) with its export, built once per
+    test session for the tests that only need *a* trained workdir. Treat it as read-only (export
+    elsewhere with --export_dir): a test that changes a run trains its own.
+
+    One step at a large learning rate moves the zero-initialised score layers far enough for the
+    answers to vary from pixel to pixel (a constant answer would hide a wrong restore); a second
+    step saturates them into one."""
     from fcn8s_tf.training import loop as train_lib
     from test_train import tiny_config  # pytest puts tests/ on sys.path
     config = tiny_config(tmp_path_factory.mktemp("trained"), precision="float32",
-                         learning_rate=0.05)
+                         train_steps=1, learning_rate=0.05, eval_every=0)
     train_lib.train(config)
     return Path(config.workdir)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fcn8s_tf import pixels
 from fcn8s_tf.data import augment
-from fcn8s_tf.model import fcn8s as model
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 
 MODES = ("eager", "function", "data")
@@ -59,7 +59,7 @@ def _source_index(out_index, offset, scale):
 
 def _reference(images, labels, scale, flip, offset, crop_size):
     """Numpy model of one sample: (preprocessed bilinear image with fill 0, nearest label)."""
-    source = model.preprocess(images[None]).numpy()[0].astype(np.float64)
+    source = pixels.preprocess(images[None]).numpy()[0].astype(np.float64)
     if flip:
         source, labels = source[:, ::-1], labels[:, ::-1]
     height, width = labels.shape[:2]
@@ -90,7 +90,7 @@ def test_identity_at_scale_one(run):
     images, labels = _random_batch(height=20, width=28)
     params = _params([1.0, 1.0], [False, False], [[0, 0], [0, 0]])
     out_images, out_labels = run(_transform((20, 28)), images, labels, *params)
-    np.testing.assert_array_equal(out_images, model.preprocess(images).numpy())
+    np.testing.assert_array_equal(out_images, pixels.preprocess(images).numpy())
     np.testing.assert_array_equal(out_labels, labels)
 
 
@@ -98,7 +98,7 @@ def test_flip_mirrors_and_twice_is_identity(run):
     images, labels = _random_batch(height=20, width=28)
     params = _params([1.0, 1.0], [True, True], [[0, 0], [0, 0]])
     out_images, out_labels = run(_transform((20, 28)), images, labels, *params)
-    np.testing.assert_array_equal(out_images, model.preprocess(images).numpy()[:, :, ::-1])
+    np.testing.assert_array_equal(out_images, pixels.preprocess(images).numpy()[:, :, ::-1])
     np.testing.assert_array_equal(out_labels, labels[:, :, ::-1])
     # Labels are not preprocessed, so they can go through the flip a second time.
     _, twice = run(_transform((20, 28)), images, out_labels, *params)
@@ -214,7 +214,7 @@ def test_constant_class_kept_where_visible(run):
         lambda i, l: augment.augment_batch(i, l, crop_size=(25, 25), scale_range=(1.0, 1.3),
                                            seed=0), images, labels)
     assert np.all(out_labels == 7)
-    colour = model.preprocess(images[:1, :1, :1]).numpy()
+    colour = pixels.preprocess(images[:1, :1, :1]).numpy()
     np.testing.assert_allclose(out_images, np.broadcast_to(colour, out_images.shape), atol=1e-3)
 
 

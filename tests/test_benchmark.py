@@ -14,14 +14,14 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 sys.path.insert(0, str(REPO / "tools"))
 
 from bench import data  # noqa: E402
@@ -33,6 +33,7 @@ from bench import settings as settings_lib  # noqa: E402
 from bench import sweep  # noqa: E402
 from bench import targets  # noqa: E402
 from bench import versus  # noqa: E402
+from helpers import REPO
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(
@@ -505,6 +506,7 @@ def test_torch_fcn8s_gives_the_keras_logits():
     fc6, crops at 5/9/31, skip scales, transposed-conv layout)."""
     import torch
     from bench import torch_fcn8s
+    from fcn8s_tf import pixels
     from fcn8s_tf.model import fcn8s as model_lib
 
     keras_net = model_lib.build_fcn8s(num_classes=3, fc_units=16, weights=None)
@@ -520,7 +522,7 @@ def test_torch_fcn8s_gives_the_keras_logits():
     torch_fcn8s.copy_keras_weights(torch_net, lambda n: keras_net.get_layer(n).get_weights())
     for height, width in ((37, 53), (5, 3)):
         rgb = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
-        expected = keras_net(model_lib.preprocess(rgb), training=False).numpy()
+        expected = keras_net(pixels.preprocess(rgb), training=False).numpy()
         with torch.no_grad():
             got = torch_net(torch_fcn8s.preprocess(rgb)).numpy().transpose(0, 2, 3, 1)
         # Logits reach ~200 here; float32 sums in another order differ by ~1e-6 of that.
@@ -530,9 +532,11 @@ def test_torch_fcn8s_gives_the_keras_logits():
 @needs_torch
 def test_torch_fcn8s_constants_are_the_models():
     from bench import torch_fcn8s
+    from fcn8s_tf import pixels
     from fcn8s_tf.model import fcn8s as model_lib
 
-    for name in ("BGR_MEAN", "INPUT_PAD", "POOL4_SCALE", "POOL3_SCALE", "POOL4_CROP_OFFSET",
+    assert torch_fcn8s.BGR_MEAN == pixels.BGR_MEAN
+    for name in ("INPUT_PAD", "POOL4_SCALE", "POOL3_SCALE", "POOL4_CROP_OFFSET",
                  "POOL3_CROP_OFFSET", "FINAL_CROP_OFFSET"):
         assert getattr(torch_fcn8s, name) == getattr(model_lib, name), name
     # Keras (k, k, out, in) vs PyTorch ConvTranspose2d (in, out, k, k).

@@ -7,7 +7,6 @@ import dataclasses
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 
 from absl import app
 from absl import flags
@@ -16,12 +15,12 @@ import pytest
 
 from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.model import fcn8s as model_lib
-from fcn8s_tf.training import workdir as workdir_lib
-
-REPO = Path(__file__).resolve().parents[1]
+from fcn8s_tf.model import run_dir
+from helpers import REPO
 
 
 def _flag_values(argv=()):
@@ -96,8 +95,9 @@ def test_flags_text_replays_the_run(tmp_path):
 
 
 def test_importing_the_library_defines_no_flag():
-    code = ("from absl import flags; import fcn8s_tf.train, fcn8s_tf.evaluate, fcn8s_tf.export, "
-            "fcn8s_tf.predict, fcn8s_tf.serving.contract, fcn8s_tf.model.caffe; "
+    code = ("import importlib, pkgutil; from absl import flags; import fcn8s_tf\n"
+            "for module in pkgutil.walk_packages(fcn8s_tf.__path__, 'fcn8s_tf.'):\n"
+            "    importlib.import_module(module.name)  # every module of the package, CLIs too\n"
             "print(sorted(m for m in flags.FLAGS.flags_by_module_dict() if 'fcn8s' in m))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
@@ -118,18 +118,18 @@ def test_importing_the_library_defines_no_flag():
     ([(8, 6), (7, 5)], set(), "mixed_float16"),                    # mixed GPUs: the oldest
 ])
 def test_auto_precision_from_device_facts(gpus, cpu_flags, policy):
-    chosen, why = config_lib.choose_precision(gpus, frozenset(cpu_flags))
+    chosen, why = precision_lib.choose_precision(gpus, frozenset(cpu_flags))
     assert chosen == policy
     assert why  # logged at start-up
 
 
 def test_explicit_precision_is_kept():
-    assert config_lib.resolve_precision("mixed_float16")[0] == "mixed_float16"
+    assert precision_lib.resolve_precision("mixed_float16")[0] == "mixed_float16"
     # auto on this machine: whatever its facts say, one of the policies.
-    assert config_lib.resolve_precision("auto")[0] in config_lib.POLICIES
+    assert precision_lib.resolve_precision("auto")[0] in precision_lib.POLICIES
 
 
-@pytest.mark.parametrize("precision", config_lib.POLICIES)
+@pytest.mark.parametrize("precision", precision_lib.POLICIES)
 def test_one_training_step_under_each_policy(tmp_path, precision):
     """mixed_float16 goes through LossScaleOptimizer, which only this test runs."""
     from fcn8s_tf.training import loop as train_lib
@@ -143,6 +143,6 @@ def test_one_training_step_under_each_policy(tmp_path, precision):
     assert result["step"] == 1 and np.isfinite(result["loss"])
     import keras
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
-    model, _ = workdir_lib.load_model(config.workdir)  # a float32 net from the checkpoint
+    model, _ = run_dir.load_model(config.workdir)  # a float32 net from the checkpoint
     moved = model.get_layer("score_fr").get_weights()[0]
     assert np.abs(moved).max() > 0  # the step updated the zero-initialised score layer

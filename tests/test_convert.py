@@ -25,6 +25,7 @@ from fcn8s_tf.data.convert import examples as convert_examples
 from fcn8s_tf.data.convert import voc_sbd
 from fcn8s_tf.data.convert.layout import ConversionError
 from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
+from helpers import left_behind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SBD_IDS = ("2008_000051", "2008_000195")  # both in SBD val, in neither VOC2012 list
@@ -106,14 +107,6 @@ def _read_split(output_dir: Path, manifest: dict, split: str):
     return list(dataset.as_numpy_iterator())
 
 
-def _left_behind(output_dir: Path):
-    """Everything in output_dir (hidden temporary folders included), then the converter's
-    temporary folders beside it as "../<name>"; [] when there is nothing."""
-    inside = sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else []
-    beside = sorted(f"../{p.name}" for p in output_dir.parent.glob(".tmp-make_tfrecords-*"))
-    return inside + beside
-
-
 # ----------------------------------------------------------------------------------------------
 # Round trip on the real files.
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +167,7 @@ def test_manifest(roots, tmp_path):
     # Only the shards and the manifest; no temporary files.
     shard_files = [s["file"] for split in ("train", "val")
                    for s in manifest["splits"][split]["shards"]]
-    assert _left_behind(output_dir) == sorted(shard_files + ["manifest.json"])
+    assert left_behind(output_dir) == sorted(shard_files + ["manifest.json"])
 
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     assert train["num_examples"] == 18 and val["num_examples"] == 15
@@ -227,7 +220,7 @@ def test_overwrite_replaces_old_records(roots, tmp_path):
                     progress_stream=None)
     manifest = convert.convert(voc, sbd, output_dir, num_shards={"train": 2, "val": 1},
                                num_workers=1, overwrite=True, progress_stream=None)
-    assert _left_behind(output_dir) == sorted(
+    assert left_behind(output_dir) == sorted(
         ["manifest.json", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
          "val-00000-of-00001.tfrecord"])
     assert manifest["splits"]["train"]["num_examples"] == 18
@@ -299,7 +292,7 @@ def test_list_into_a_named_split_and_its_errors(roots, tmp_path):
     message = _convert_fails(voc, sbd, tmp_path / "out", list_file=list_file,
                              list_split="seg11-valid")
     assert "--list_split=seg11-valid" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +333,7 @@ def test_missing_voc_root(roots, tmp_path):
     missing = tmp_path / "nowhere" / "VOC2012"
     message = _convert_fails(missing, sbd, tmp_path / "out")
     assert f"--voc_root={missing}" in message and "does not exist" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 def test_missing_sbd_root(roots, tmp_path):
@@ -348,7 +341,7 @@ def test_missing_sbd_root(roots, tmp_path):
     missing = tmp_path / "benchmark_RELEASE" / "dataset"
     message = _convert_fails(voc, missing, tmp_path / "out")
     assert f"--sbd_root={missing}" in message and "does not exist" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("which", ["voc_val", "sbd_train"])
@@ -359,7 +352,7 @@ def test_missing_list_file(roots, tmp_path, which):
     path.unlink()
     message = _convert_fails(voc, sbd, tmp_path / "out")
     assert str(path) in message and "does not exist" in message and flag in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 def test_ids_without_image_or_label(roots, tmp_path):
@@ -377,7 +370,7 @@ def test_ids_without_image_or_label(roots, tmp_path):
     assert "2007_000039, 2099_000000, 2099_000001, 2099_000002, 2099_000003, ..." in message
     assert "1 of 25 train ids have no label" in message and "2007_000063" in message
     assert "--voc_root" in message and "--sbd_root" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 # The last id of each split, so that earlier shards were already written when the error comes.
@@ -394,7 +387,7 @@ def test_image_label_size_mismatch(roots, tmp_path, num_workers):
     message = _convert_fails(voc, sbd, tmp_path / "out", num_workers=num_workers)
     assert LAST_VAL_ID in message
     assert f"{width}x{height}" in message and f"{width}x{height - 1}" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
@@ -405,7 +398,7 @@ def test_jpeg_that_does_not_decode(roots, tmp_path, damage):
     image_path.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"\0" * 1000)
     message = _convert_fails(voc, sbd, tmp_path / "out")
     assert str(image_path) in message and "does not decode" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 def test_label_values_outside_the_classes(roots, tmp_path):
@@ -416,7 +409,7 @@ def test_label_values_outside_the_classes(roots, tmp_path):
     Image.fromarray(label).save(label_path)  # a grayscale PNG, like the "L" redistributions
     message = _convert_fails(voc, sbd, tmp_path / "out")
     assert str(label_path) in message and "[21, 100, 254]" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 def test_sbd_label_values_outside_the_classes(roots, tmp_path):
@@ -428,7 +421,7 @@ def test_sbd_label_values_outside_the_classes(roots, tmp_path):
     scipy.io.savemat(mat_path, {"GTcls": {"Segmentation": segmentation}})
     message = _convert_fails(voc, sbd, tmp_path / "out")
     assert str(mat_path) in message and "[42]" in message
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 def test_output_dir_with_records_needs_overwrite(roots, tmp_path):
@@ -439,7 +432,7 @@ def test_output_dir_with_records_needs_overwrite(roots, tmp_path):
     (output_dir / "train-00000-of-00001.tfrecord").write_bytes(b"old")
     message = _convert_fails(voc, sbd, output_dir)
     assert str(output_dir) in message and "--overwrite" in message
-    assert _left_behind(output_dir) == ["notes.txt", "train-00000-of-00001.tfrecord"]
+    assert left_behind(output_dir) == ["notes.txt", "train-00000-of-00001.tfrecord"]
     assert (output_dir / "train-00000-of-00001.tfrecord").read_bytes() == b"old"
 
 

@@ -10,7 +10,6 @@ signal the converter then.
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from fcn8s_tf.data import demo_data
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import layout as convert_layout
+from helpers import wait_for_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "make_tfrecords.py"
@@ -170,20 +170,6 @@ def _tool_args(roots, output_dir, shards, num_workers=1, overwrite=True):
             f"--num_workers={num_workers}"] + (["--overwrite"] if overwrite else [])
 
 
-def _wait_for_line(process, text, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 1)
-        if ready:
-            line = process.stdout.readline()
-            if text in line:
-                return
-            if not line and process.poll() is not None:
-                break
-    process.kill()
-    pytest.fail(f"the converter never printed {text!r}: {process.stderr.read()[-3000:]}")
-
-
 # ----------------------------------------------------------------------------------------------
 # Replacing a set: whole or not at all.
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +198,7 @@ def test_sigkill_during_the_commit_leaves_a_whole_set(tmp_path, roots, old_and_n
     output_dir, old, new = old_and_new
     env = {"STOP_AT": stage, **({"NO_EXCHANGE": "1"} if mode == "journal" else {})}
     process = _start_tool(tmp_path, _tool_args(roots, output_dir, NEW_SHARDS), **env)
-    _wait_for_line(process, f"STOPPED AT {stage}")
+    wait_for_line(process, f"STOPPED AT {stage}")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
 

@@ -8,8 +8,6 @@ checked is what training will see. Errors must name the file and leave nothing b
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,9 @@ from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.data.convert import folders as convert_folders
 from fcn8s_tf.data.convert.layout import ConversionError
 from fcn8s_tf.class_info import VOC_PALETTE
+from helpers import REPO, left_behind, run_python
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
 CLASSES = [("background", (0, 0, 0)), ("cat", (200, 30, 30)), ("dog", (30, 30, 200))]
 VOID = (255, 255, 255)
 SIZE = (12, 16)  # (H, W)
@@ -126,12 +125,6 @@ def _raw_records(output_dir: Path, split: str):
     files = sorted(str(p) for p in output_dir.glob(f"{split}-*.tfrecord"))
     return [tf.train.Example.FromString(r).features.feature
             for r in tf.data.TFRecordDataset(files).as_numpy_iterator()]
-
-
-def _left_behind(output_dir: Path):
-    inside = sorted(p.name for p in output_dir.iterdir()) if output_dir.exists() else []
-    beside = sorted(f"../{p.name}" for p in output_dir.parent.glob(".tmp-make_tfrecords-*"))
-    return inside + beside
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,7 +312,7 @@ def test_lists_choose_the_ids(tmp_path):
 def _fails(root: Path, output_dir: Path, **kwargs) -> str:
     with pytest.raises(ConversionError) as error:
         _convert(root, output_dir, **kwargs)
-    assert _left_behind(output_dir) == []
+    assert left_behind(output_dir) == []
     return str(error.value)
 
 
@@ -449,7 +442,7 @@ def test_flag_errors(tmp_path, kwargs, expected):
         convert.convert_folders(root / "images", root / "masks", classes, tmp_path / "out",
                                 num_workers=1, progress_stream=None, **kwargs)
     assert expected in str(error.value)
-    assert _left_behind(tmp_path / "out") == []
+    assert left_behind(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -484,10 +477,9 @@ def test_failed_overwrite_keeps_the_old_records(tmp_path):
 
 def _run(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
                                                         os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          timeout=300, env=env)
+    return run_python(*args, env=env)
 
 
 def test_tool_on_the_demo_generators_folders(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from fcn8s_tf.training import distribute
-from fcn8s_tf.training import workdir as workdir_lib
+from fcn8s_tf.model import run_dir
 
 
 # -------------------------------------------------------------------------------------- strategy --
@@ -113,7 +113,7 @@ def test_tasks_that_do_not_train_are_not_the_chief(task):
 def test_chief_checkpoints_into_the_workdir(tmp_path):
     workdir = str(tmp_path / "run")
     assert distribute.checkpoint_dir(workdir, chief=True) == \
-        os.path.join(workdir, workdir_lib.CHECKPOINT_DIR)
+        os.path.join(workdir, run_dir.CHECKPOINT_DIR)
     assert not os.path.exists(workdir)  # only a name: the CheckpointManager makes it
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import pixels
 from fcn8s_tf import files
 from fcn8s_tf import render
 from fcn8s_tf.evaluation import evaluator as evaluate_lib
@@ -23,13 +24,14 @@ from fcn8s_tf.evaluation import metrics
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.data import records
 from fcn8s_tf.serving import contract as serving
-from fcn8s_tf.training import workdir as workdir_lib
+from fcn8s_tf.serving import loader
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
 # pytest puts tests/ on the path: the hand-worked metric example, the folders dataset maker.
 from test_metrics import LABELS, PREDICTIONS
 import test_convert_folders as folders_data
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # 2011_001855 has no background pixel at all; the others are ordinary train/val images.
 SAMPLE_IDS = ("2007_000032", "2007_000129", "2008_000763", "2011_001855")
 
@@ -243,7 +245,7 @@ def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
     _write_workdir(tmp_path / "run", {"num_classes": 5}, trained)
 
     image = np.random.default_rng(0).integers(0, 256, size=(9, 13, 3)).astype(np.uint8)
-    want = np.argmax(trained(model_lib.preprocess(image[None])).numpy()[0], axis=-1)
+    want = np.argmax(trained(pixels.preprocess(image[None])).numpy()[0], axis=-1)
     for path in (tmp_path / "run", tmp_path / "run" / "checkpoints"):
         predict_fn, loaded, classes = evaluate_lib.load_predict_fn(str(path))
         assert loaded.startswith("checkpoint ") and loaded.endswith("ckpt-5")
@@ -253,7 +255,7 @@ def test_workdir_checkpoint_is_restored(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, want)
 
     with pytest.raises(ValueError, match="num_classes=21 was asked for but"):
-        workdir_lib.load_model(str(tmp_path / "run"), num_classes=21)
+        run_dir.load_model(str(tmp_path / "run"), num_classes=21)
 
     # Configs that do not fit the checkpoint: a weight it lacks; a weight of another shape.
     for config in ({"num_classes": 5, "extra_layer": True}, {"num_classes": 6}):
@@ -274,7 +276,7 @@ def test_workdir_with_the_real_fcn8s(tmp_path):
         layer.set_weights([rng.normal(size=w.shape) for w in layer.get_weights()])
     _write_workdir(tmp_path / "run", config, trained)
     image = np.random.default_rng(0).integers(0, 256, size=(37, 45, 3)).astype(np.uint8)
-    want = np.argmax(trained(model_lib.preprocess(image[None]), training=False).numpy()[0], -1)
+    want = np.argmax(trained(pixels.preprocess(image[None]), training=False).numpy()[0], -1)
     predict_fn, _, classes = evaluate_lib.load_predict_fn(str(tmp_path / "run"))
     assert classes.num_classes == 3
     np.testing.assert_array_equal(predict_fn(tf.constant(image))["labels"].numpy(), want)
@@ -282,14 +284,14 @@ def test_workdir_with_the_real_fcn8s(tmp_path):
 
 # ------------------------------------------------------------------------------------- errors --
 def test_model_path_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(loader.ModelLoadError, match="nowhere: no such file or directory"):
         evaluate_lib.load_predict_fn(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither a SavedModel .* nor a training workdir"):
         evaluate_lib.load_predict_fn(str(tmp_path / "empty"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model_config.json").write_text('{"num_classes": 21}')
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(loader.ModelLoadError, match="no checkpoint"):
         evaluate_lib.load_predict_fn(str(tmp_path / "run"))
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import pixels
 from fcn8s_tf.serving import export
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.model import fcn8s as model_lib
@@ -89,7 +90,7 @@ def test_round_trip_in_fresh_process(exported):
     assert batch.shape == (2, 41, 57)
     for i, data in enumerate(images):
         decoded = tf.io.decode_image(data, channels=3)[tf.newaxis]
-        logits = model(model_lib.preprocess(decoded), training=False)
+        logits = model(pixels.preprocess(decoded), training=False)
         expected = np.argmax(logits.numpy()[0], axis=-1)
         h, w = expected.shape
         assert len(np.unique(expected)) > 1  # a real map, not a constant
@@ -173,12 +174,12 @@ def test_bfloat16_export_answers_as_float32_on_voc_images(voc_sample_dir, tmp_pa
 
 def test_export_cli_precision_in_the_log_and_the_metadata(trained_workdir, tmp_path):
     from pathlib import Path
-    from fcn8s_tf import config as config_lib
+    from fcn8s_tf import precision as precision_lib
     repo = Path(__file__).resolve().parents[1]
     with pytest.raises(ValueError, match="precision must be one of"):
-        config_lib.resolve_export_precision("float16")
+        precision_lib.resolve_export_precision("float16")
     # auto follows the training decision on this machine: bf16 where bf16 is native.
-    policy, why = config_lib.resolve_precision("auto")
+    policy, why = precision_lib.resolve_precision("auto")
     auto = "bfloat16" if policy == "mixed_bfloat16" else "float32"
     for flag, expected in (("auto", auto), ("bfloat16", "bfloat16")):
         proc = subprocess.run(
@@ -197,7 +198,7 @@ def test_cli_errors_are_one_line(tmp_path):
     import sys
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
-    for args, named in (([f"--workdir={tmp_path / 'nowhere'}"], "model_config.json: not found"),):
+    for args, named in (([f"--workdir={tmp_path / 'nowhere'}"], "nowhere: no such file or directory"),):
         proc = subprocess.run([sys.executable, "-m", "fcn8s_tf.export", *args], cwd=repo,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -39,9 +39,10 @@ from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
 from fcn8s_tf import config as config_lib
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 IMPORT_CLI = REPO / "tools" / "import_weights.py"
 LENET = REPO.parent / "shared" / "caffe_sample" / "lenet_iter_10000.caffemodel"
 CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # voc_layers.py of the reference
@@ -672,7 +673,7 @@ def test_cli_writes_a_workdir_the_project_reads(imported_workdir, at_once_weight
     assert (config["num_classes"], config["fc_units"]) == (NUM_CLASSES, FC_UNITS)
 
     # The checkpoint restores where evaluation and export look for it...
-    model, _ = workdir_lib.load_model(str(workdir))
+    model, _ = run_dir.load_model(str(workdir))
     image, trunk = images[0], reference_trunks[0]
     expected = ref_head(trunk, at_once_weights, image.shape[:2])
     assert_logits_close(np.asarray(model(preprocess(image)[None]))[0], expected)
@@ -921,7 +922,7 @@ def test_init_from_starts_from_the_imported_weights(tmp_path, imported_workdir):
         export=False, precision="float32")
     result = train_lib.train(config)
 
-    model, _ = workdir_lib.load_model(str(workdir))
+    model, _ = run_dir.load_model(str(workdir))
     logits = model(preprocess(np.stack(images)), training=False)
     loss_sum, count = step_lib.masked_cross_entropy(logits, np.stack(labels))
     expected = float(loss_sum / count)
@@ -944,7 +945,7 @@ def test_init_from_takes_a_checkpoint_path_and_names_what_does_not_fit(tmp_path,
     kwargs = json.loads((workdir / "model_config.json").read_text())
     model = model_lib.build_fcn8s(**kwargs)
     assert workdir_lib.init_model_from(model, checkpoint, kwargs) == checkpoint
-    imported, _ = workdir_lib.load_model(str(workdir))
+    imported, _ = run_dir.load_model(str(workdir))
     for theirs, ours in zip(imported.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(theirs, ours)
 

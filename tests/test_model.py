@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fcn8s_tf import pixels
 from fcn8s_tf.model import fcn8s as model_lib
 
 SMALL_FC = 16  # Narrow fc6/fc7: see the module docstring.
@@ -435,11 +436,11 @@ def test_with_top_file_needs_fc_units_4096(tmp_path):
 
 def test_preprocess_swaps_to_bgr_and_subtracts_mean():
     pixel = np.array([[[10, 20, 30]]], np.uint8)  # R=10, G=20, B=30.
-    out = model_lib.preprocess(pixel)
+    out = pixels.preprocess(pixel)
     assert out.dtype == tf.float32
-    b, g, r = model_lib.BGR_MEAN
+    b, g, r = pixels.BGR_MEAN
     np.testing.assert_allclose(out.numpy()[0, 0], [30 - b, 20 - g, 10 - r], rtol=1e-6)
-    assert model_lib.preprocess(pixel, tf.bfloat16).dtype == tf.bfloat16
+    assert pixels.preprocess(pixel, tf.bfloat16).dtype == tf.bfloat16
 
 
 def test_demo_levers_skip_scales_and_frozen_backbone():

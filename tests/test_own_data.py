@@ -6,21 +6,16 @@ Slow (about a minute on 2 cores): it runs the real CLIs in subprocesses, as a us
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_python
 
 
 def _run(*args, timeout=600):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = run_python(*args, timeout=timeout)
     assert proc.returncode == 0, (args, proc.stderr[-3000:])
     return proc
 

@@ -6,8 +6,6 @@ import http.server
 import io
 import json
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,9 +16,10 @@ from PIL import Image
 
 from fcn8s_tf import render
 from fcn8s_tf.serving import client as predict
+from fcn8s_tf.serving import loader
 from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+from helpers import encode_image, free_port, run_python
 
-REPO = Path(__file__).resolve().parents[1]
 PERSON = 15
 
 
@@ -56,12 +55,6 @@ def export_base(tmp_path_factory):
     return base
 
 
-def _encode(array: np.ndarray, image_format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """A JPEG (40 wide, 30 high, red on the left) and a PNG (25 wide, 50 high, red on top)."""
@@ -71,8 +64,8 @@ def images(tmp_path_factory):
     jpeg[:, 16:] = (40, 90, 160)
     png = np.full((50, 25, 3), 30, np.uint8)
     png[:20] = (220, 60, 60)
-    (root / "left.jpg").write_bytes(_encode(jpeg, "JPEG", quality=95))
-    (root / "top.png").write_bytes(_encode(png, "PNG"))
+    (root / "left.jpg").write_bytes(encode_image(jpeg, "JPEG", quality=95))
+    (root / "top.png").write_bytes(encode_image(png, "PNG"))
     return [root / "left.jpg", root / "top.png"]
 
 
@@ -229,14 +222,8 @@ def test_rest_error_answer_is_reported(server, images):
         model.predict(images[0].read_bytes())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_with_nothing_listening(images):
-    url = f"http://127.0.0.1:{_free_port()}/v1/models/fcn8s"
+    url = f"http://127.0.0.1:{free_port()}/v1/models/fcn8s"
     with pytest.raises(predict.PredictError, match=f"TF Serving at {url}:predict did not answer"):
         predict.RestModel(url, timeout=5).predict(images[0].read_bytes())
 
@@ -252,7 +239,7 @@ def test_server_that_never_answers_times_out(images):
 
 def test_formats_other_than_jpeg_and_png_are_sent_as_png(images, tmp_path):
     rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-    (tmp_path / "a.bmp").write_bytes(_encode(rgb, "BMP"))
+    (tmp_path / "a.bmp").write_bytes(encode_image(rgb, "BMP"))
     buffer = io.BytesIO()
     Image.new("CMYK", (6, 4), (0, 50, 100, 0)).save(buffer, format="JPEG")
     (tmp_path / "cmyk.jpg").write_bytes(buffer.getvalue())
@@ -285,9 +272,9 @@ def test_not_an_image_fails_before_any_request(server, images, tmp_path):
 def test_model_dir_that_is_not_a_saved_model(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "3").mkdir()  # a numeric dir without saved_model.pb does not count
-    with pytest.raises(predict.PredictError, match="empty is not a SavedModel"):
+    with pytest.raises(loader.ModelLoadError, match="empty is not a SavedModel"):
         predict.LocalModel(str(tmp_path / "empty"))
-    with pytest.raises(predict.PredictError, match="nowhere: no such directory"):
+    with pytest.raises(loader.ModelLoadError, match="nowhere: no such file or directory"):
         predict.LocalModel(str(tmp_path / "nowhere"))
 
 
@@ -304,8 +291,7 @@ def test_collect_paths(images, tmp_path):
 
 # ------------------------------------------------------------------------------------- CLI --
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fcn8s_tf.predict", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return run_python("-m", "fcn8s_tf.predict", *args)
 
 
 def test_cli_local_model(export_base, images, tmp_path):
@@ -351,10 +337,10 @@ def test_cli_errors_exit_1_with_a_message_and_no_traceback(case, images, tmp_pat
     if case == "not_an_image":
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"\x89PNG garbage")
-        url = f"http://127.0.0.1:{_free_port()}/v1/models/fcn8s"
+        url = f"http://127.0.0.1:{free_port()}/v1/models/fcn8s"
         args, named = [f"--server={url}", str(bad)], str(bad)
     elif case == "no_server":
-        url = f"http://127.0.0.1:{_free_port()}/v1/models/fcn8s"
+        url = f"http://127.0.0.1:{free_port()}/v1/models/fcn8s"
         args, named = [f"--server={url}", "--timeout=5", str(images[0])], url
     else:
         args, named = [f"--model={tmp_path}", str(images[0])], str(tmp_path)

@@ -22,6 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import pixels
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import budget as serving_budget
 from fcn8s_tf.serving import warmup as serving_warmup
@@ -29,20 +30,13 @@ from fcn8s_tf.training import loop as train_lib
 import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
 from test_train import tiny_config  # pytest puts tests/ on sys.path (rootdir conftest)
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _encode(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
+from helpers import REPO, encode_image
 
 
 def _images():
     rng = np.random.default_rng(3)
-    jpeg = _encode(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8), "JPEG")
-    png = _encode(rng.integers(0, 256, (23, 30, 3), dtype=np.uint8), "PNG")
+    jpeg = encode_image(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8), "JPEG")
+    png = encode_image(rng.integers(0, 256, (23, 30, 3), dtype=np.uint8), "PNG")
     return jpeg, png
 
 
@@ -154,14 +148,14 @@ def good_cases():
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Export directories made by training, by the export CLI, and by a mixed-precision run."""
+def exports(tmp_path_factory, trained_workdir):
+    """Export directories made by training (the session's trained_workdir, whose answers vary from
+    pixel to pixel), by the export CLI from that run, and by a mixed-precision run."""
     root = tmp_path_factory.mktemp("serving")
-    # A large learning rate so that one step moves the zero-initialised score layers far enough
-    # for the answers to vary from pixel to pixel (a constant answer would hide a wrong restore).
-    float32 = tiny_config(root / "f32", train_steps=1, learning_rate=0.05, eval_every=0)
-    trained = train_lib.train(float32)["export"]
-    cli = subprocess.run([sys.executable, "-m", "fcn8s_tf.export", f"--workdir={float32.workdir}"],
+    trained = serving.find_saved_model(str(trained_workdir / "export"))
+    assert trained is not None, f"{trained_workdir} has no export"
+    cli = subprocess.run([sys.executable, "-m", "fcn8s_tf.export", f"--workdir={trained_workdir}",
+                          f"--export_dir={root / 'cli'}"],  # the shared run stays as it is
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     from_cli = cli.stdout.strip().splitlines()[-1]
@@ -173,7 +167,7 @@ def exports(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_signature_runs_under_the_session_loader(exports):
-    assert Path(exports["cli"]).name == "2"  # the CLI added a version beside training's
+    assert Path(exports["cli"]).name == "1"  # a fresh --export_dir starts at version 1
     results = serve(exports.values(), good_cases(), warmup=True)
     for name, export_dir in exports.items():
         entry = results[export_dir]
@@ -203,8 +197,8 @@ def test_every_signature_runs_under_the_session_loader(exports):
         assert metadata["palette"]["shape"] == [3, 3]
         assert metadata["ignore_label"]["values"] == 255
         # Training's exports compute in float32; the CLI's follows --precision=auto here.
-        from fcn8s_tf import config as config_lib
-        expected = (config_lib.resolve_export_precision("auto")[0] if name == "cli"
+        from fcn8s_tf import precision as precision_lib
+        expected = (precision_lib.resolve_export_precision("auto")[0] if name == "cli"
                     else "float32")
         assert metadata["precision"]["values"] == expected, name
         names_file = Path(export_dir) / "assets" / serving.CLASS_NAMES_ASSET
@@ -280,17 +274,17 @@ def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     # A strip one pixel high keeps that pixel, and takes all the width the budget leaves.
     assert list(serving_budget.net_input_size(1, 50000, limit).numpy()) == [1, 240 * 240 // 201 - 200]
     resized = tf.image.resize(big, size, antialias=True)
-    logits = model(model_lib.preprocess(resized), training=False)
+    logits = model(pixels.preprocess(resized), training=False)
     labels = tf.argmax(logits, -1, output_type=tf.int32)[..., tf.newaxis]
     expected = tf.image.resize(labels, [61, 83], method="nearest")[..., 0].numpy()
     assert len(np.unique(expected)) > 1
     np.testing.assert_array_equal(out["labels"].numpy(), expected)
     exact = loaded.signatures["serving_uint8"](images=tf.constant(small))["labels"].numpy()
     np.testing.assert_array_equal(
-        exact, np.argmax(model(model_lib.preprocess(small), training=False).numpy(), -1))
+        exact, np.argmax(model(pixels.preprocess(small), training=False).numpy(), -1))
     # The string signatures apply the same limit per image.
     default = loaded.signatures["serving_default"](
-        image_bytes=tf.constant([_encode(big[0], "PNG")]))
+        image_bytes=tf.constant([encode_image(big[0], "PNG")]))
     np.testing.assert_array_equal(default["labels"].numpy(), expected)
 
 

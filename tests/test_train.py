@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,8 +24,7 @@ from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
 from fcn8s_tf import config as config_lib
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, free_port
 
 
 def write_records(directory: Path, split: str, num_examples: int, num_shards: int,
@@ -104,8 +102,8 @@ def test_two_steps_export_then_resume(tmp_path, caplog):
     assert any((workdir / "tensorboard" / "train").iterdir())
     # The training model was built for the crop size; the checkpoint still loads into the
     # any-size net that evaluation and export build from model_config.json.
-    from fcn8s_tf.training import workdir as workdir_lib
-    restored, _ = workdir_lib.load_model(str(workdir))
+    from fcn8s_tf.model import run_dir
+    restored, _ = run_dir.load_model(str(workdir))
     assert restored.input_shape == (None, None, None, 3)
 
     # Same workdir, one more step: resumes from step 2 rather than starting again.
@@ -215,16 +213,10 @@ def test_mirrored_two_cpus_matches_one_device():
     assert out["max_weight_diff"] < 1e-5  # ...and by the same amount on one and two replicas
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_multi_worker_two_processes(tmp_path):
     config = tiny_config(tmp_path, eval_every=0, tb_images=0)
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,9 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf.data import records
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, wait_for_line
 
 
 def _identical_records(directory: Path, count: int = 8) -> str:
@@ -56,21 +55,8 @@ def _start(args) -> subprocess.Popen:
                             text=True)
 
 
-def _wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 240) -> list:
-    """Reads proc's output until a line contains needle; returns the lines read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)[-3000:]}")
-
-
 def _final_weights(workdir: Path):
-    model, checkpoint = workdir_lib.load_model(str(workdir))
+    model, checkpoint = run_dir.load_model(str(workdir))
     return model.get_weights(), checkpoint
 
 
@@ -80,7 +66,7 @@ def test_signal_saves_the_current_step_and_resume_matches_an_uninterrupted_run(t
     pattern = _identical_records(tmp_path / "records")
     steps = 12
     proc = _start(_args(pattern, tmp_path / "interrupted", steps))
-    _wait_for_line(proc, f"step 2/{steps}")
+    wait_for_line(proc, f"step 2/{steps}")
     proc.send_signal(signum)
     output = proc.communicate(timeout=240)[0]
     assert proc.returncode == 128 + signum, output[-3000:]
@@ -112,7 +98,7 @@ def test_a_second_trainer_on_a_busy_workdir_fails_at_once(tmp_path):
     pattern = _identical_records(tmp_path / "records")
     first = _start(_args(pattern, tmp_path / "run", 10000))
     try:
-        _wait_for_line(first, "step 1/10000")
+        wait_for_line(first, "step 1/10000")
         second = subprocess.run(_args(pattern, tmp_path / "run", 10000), cwd=REPO,
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 1

@@ -22,7 +22,7 @@ floor((x + 0.5 + ox) / s), i.e. a source pixel lands exactly on the output pixel
 inside its scaled footprint.
 
 Fill: the op takes one scalar fill value, but the mean colour differs per channel. Images are
-therefore mean-subtracted (model.preprocess, the one place that happens) BEFORE the transform and
+therefore mean-subtracted (pixels.preprocess, the one place that happens) BEFORE the transform and
 filled with 0. That equals "fill with the mean colour, then subtract": a bilinear blend is an affine
 combination, so subtracting the mean commutes with it, fill included.
 
@@ -40,7 +40,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
-from fcn8s_tf.model import fcn8s as model
+from fcn8s_tf import pixels
 from fcn8s_tf.class_info import IGNORE_LABEL
 
 DEFAULT_CROP_SIZE = (321, 321)
@@ -108,7 +108,7 @@ def transform_batch(images: tf.Tensor, labels: tf.Tensor, scales: tf.Tensor, fli
       crop_size: (ch, cw) output size.
       dtype: output image dtype (e.g. a mixed-precision compute dtype).
     Returns:
-      images: (B, ch, cw, 3) `dtype`, BGR minus model.BGR_MEAN; 0 where the crop leaves the source.
+      images: (B, ch, cw, 3) `dtype`, BGR minus pixels.BGR_MEAN; 0 where the crop leaves the source.
       labels: (B, ch, cw, 1) labels' dtype; IGNORE_LABEL where the crop leaves the source.
     """
     images = tf.convert_to_tensor(images)
@@ -122,7 +122,7 @@ def transform_batch(images: tf.Tensor, labels: tf.Tensor, scales: tf.Tensor, fli
     crop_size = (int(crop_size[0]), int(crop_size[1]))
     transforms = transforms_for(scales, flips, offsets, tf.shape(images)[1:3])
     # Mean subtraction before the transform so that fill 0 is the mean colour (module docstring).
-    centred = model.preprocess(images, tf.float32)
+    centred = pixels.preprocess(images, tf.float32)
     out_images = _projective_transform(centred, transforms, crop_size, "BILINEAR", 0.0)
     # NEAREST copies input values, so labels keep exactly their values; transformed in their own
     # integer dtype (uint8 and int32 have CPU and GPU kernels), no float round trip.
@@ -192,7 +192,7 @@ def augment_batch(images: tf.Tensor, labels: tf.Tensor,
       rng: a tf.random.Generator to draw from (advances its state). Exclusive with seed.
       dtype: output image dtype (the compute dtype under mixed precision).
     Returns:
-      images: (B, ch, cw, 3) `dtype`, BGR minus model.BGR_MEAN, 0 in the padding.
+      images: (B, ch, cw, 3) `dtype`, BGR minus pixels.BGR_MEAN, 0 in the padding.
       labels: (B, ch, cw, 1) labels' dtype, values of the input labels plus IGNORE_LABEL (padding).
     """
     images = tf.convert_to_tensor(images)

@@ -4,8 +4,9 @@ The library of `python -m fcn8s_tf.evaluate` (whose docstring gives the command,
 be and the class check); training calls the same `evaluate()` with hooks for its loss and
 TensorBoard pictures. Each image is segmented alone at its original resolution (no resizing, no
 padding) and one confusion matrix is accumulated over the whole split (evaluation/metrics.py has
-the definitions). load_predict_fn takes a SavedModel (its `serving_uint8` signature) or a training
-workdir; scoring_classes decides which classes a run is scored with.
+the definitions). load_predict_fn wraps what serving/loader.py loads, a SavedModel (its
+`serving_uint8` signature) or a training workdir; scoring_classes decides which classes a run is
+scored with.
 """
 
 import os
@@ -16,12 +17,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from fcn8s_tf import pixels
 from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.evaluation import metrics
 from fcn8s_tf import render
 from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import loader
 from fcn8s_tf import class_info
-from fcn8s_tf.training import workdir as workdir_lib
 
 # uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
 PredictFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
@@ -32,11 +34,9 @@ Hook = Callable[[int, tf.Tensor, tf.Tensor, Dict[str, tf.Tensor], str], None]
 # ------------------------------------------------------------------------------------- models --
 def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
     """The predict function of an in-memory Keras FCN-8s (one trace, any image size)."""
-    from fcn8s_tf.model import fcn8s as model_lib  # Keras only when a Keras model is evaluated
-
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def predict_fn(image):
-        logits = model(model_lib.preprocess(image[tf.newaxis]), training=False)[0]
+        logits = model(pixels.preprocess(image[tf.newaxis]), training=False)[0]
         outputs = {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
         if with_logits:
             outputs["logits"] = tf.cast(logits, tf.float32)
@@ -45,55 +45,31 @@ def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
     return predict_fn
 
 
-def saved_model_predict_fn(export_dir: str) -> PredictFn:
-    """Wraps the `serving_uint8` signature (images uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
-    loaded = tf.saved_model.load(export_dir)
-    if serving.SIGNATURE_UINT8 not in loaded.signatures:
-        raise ValueError(f"{export_dir}: the SavedModel has no {serving.SIGNATURE_UINT8!r} "
-                         f"signature (it has {sorted(loaded.signatures)})")
-    signature = loaded.signatures[serving.SIGNATURE_UINT8]
+def saved_model_predict_fn(model: loader.LoadedModel) -> PredictFn:
+    """Wraps an export's `serving_uint8` signature (uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
+    signature = model.signature(serving.SIGNATURE_UINT8)
 
     def predict_fn(image):
         outputs = signature(**{serving.UINT8_INPUT: image[tf.newaxis]})
         return {"labels": outputs["labels"][0]}
 
-    predict_fn.loaded = loaded  # a signature holds its variables only weakly: keep them alive
-    predict_fn.classes = serving.read_metadata(loaded)
-    if predict_fn.classes is None:  # an export without the metadata signature
-        probabilities = signature.structured_outputs.get("probabilities")
-        channels = None if probabilities is None else probabilities.shape[-1]
-        predict_fn.classes = None if channels is None else class_info.ClassInfo.default(int(channels))
+    predict_fn.loaded = model.saved_model  # a signature holds its variables only weakly
     return predict_fn
 
 
 def load_predict_fn(model_path: str) -> Tuple[PredictFn, str, Optional[class_info.ClassInfo]]:
-    """A predict function for a SavedModel or a training workdir.
+    """A predict function for an export or a training workdir (serving/loader.py loads it).
 
     Returns:
       (predict_fn, a description of what loaded, the model's classes (names, colours; None when
-      a SavedModel does not say)).
+      an export does not say)).
     Raises:
-      FileNotFoundError: model_path does not exist, or a workdir without checkpoint.
-      ValueError: model_path is neither a SavedModel nor a training workdir.
+      loader.ModelLoadError: nothing loadable at model_path (the message says why).
     """
-    if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(f"{model_path}: no such file or directory")
-    export_dir = serving.find_saved_model(model_path)
-    if export_dir is not None:
-        predict_fn = saved_model_predict_fn(export_dir)
-        return predict_fn, f"SavedModel {export_dir}", predict_fn.classes
-    workdir = model_path
-    config_file = workdir_lib.CONFIG_FILE
-    if (not tf.io.gfile.exists(os.path.join(workdir, config_file))
-            and os.path.basename(os.path.normpath(workdir)) == workdir_lib.CHECKPOINT_DIR):
-        workdir = os.path.dirname(os.path.normpath(workdir))  # <workdir>/checkpoints given
-    if tf.io.gfile.exists(os.path.join(workdir, config_file)):
-        model, checkpoint = workdir_lib.load_model(workdir)
-        return (model_predict_fn(model), f"checkpoint {checkpoint}",
-                workdir_lib.read_classes(workdir))
-    raise ValueError(f"{model_path} is neither a SavedModel (saved_model.pb in it, or in "
-                     f"a numeric version subdirectory) nor a training workdir ({config_file} "
-                     f"and {workdir_lib.CHECKPOINT_DIR}/)")
+    model = loader.load(model_path)
+    if model.keras_model is not None:
+        return model_predict_fn(model.keras_model), model.description, model.classes
+    return saved_model_predict_fn(model), model.description, model.classes
 
 
 # ------------------------------------------------------------------------------------ classes --
@@ -252,9 +228,9 @@ def format_table(result: Dict[str, Any], class_names: Sequence[str]) -> str:
     fmt = lambda v: "     -" if v is None else f"{v:6.4f}"  # noqa: E731
     lines = [f"{'class':<{width}}  {'IU':>6}  {'acc':>6}  {'GT pixels':>12}",
              "-" * (width + 32)]
-    for name, class_iou, class_acc, pixels in zip(class_names, iou, result["per_class_accuracy"],
-                                                  result["per_class_gt_pixels"]):
-        lines.append(f"{name:<{width}}  {fmt(class_iou)}  {fmt(class_acc)}  {pixels:>12d}")
+    for name, class_iou, class_acc, gt_pixels in zip(class_names, iou, result["per_class_accuracy"],
+                                                     result["per_class_gt_pixels"]):
+        lines.append(f"{name:<{width}}  {fmt(class_iou)}  {fmt(class_acc)}  {gt_pixels:>12d}")
     lines.append("-" * (width + 32))
     lines.append(f"{'pixel accuracy':<{width}}  {result['pixel_accuracy']:6.4f}")
     lines.append(f"{'mean accuracy':<{width}}  {result['mean_accuracy']:6.4f}")

@@ -23,14 +23,9 @@ from typing import Dict, Optional
 
 import h5py
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 import keras
-
-# Per-channel mean of the Caffe VGG16 training set, BGR order, on 0-255 pixels: the convention of
-# the weights keras.applications.VGG16 ships (which expect BGR, mean-subtracted, not scaled).
-BGR_MEAN = (104.00699, 116.66877, 122.67892)
 
 # Caffe's conv1_1 pads the input by 100 so that fc6's 7x7 valid conv has something to see on small
 # images and the crops below are non-negative; keras's block1_conv1 pads 1 itself ('same').
@@ -47,19 +42,6 @@ FINAL_CROP_OFFSET = 31
 # VGG16's fc layers, in the with-top weights, and the FCN layers they become.
 _VGG16_FC_TO_FCN = {"fc1": "fc6", "fc2": "fc7"}
 _VGG16_FC_UNITS = 4096
-
-
-def preprocess(images: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
-    """RGB 0-255 images -> BGR, mean-subtracted, in `dtype`. The one place this happens.
-
-    Args:
-      images: (..., 3) uint8 or float RGB on the 0-255 scale.
-      dtype: output dtype (e.g. the compute dtype of a mixed-precision policy).
-    Returns:
-      (..., 3) BGR minus BGR_MEAN.
-    """
-    bgr = tf.reverse(tf.cast(images, tf.float32), axis=[-1])
-    return tf.cast(bgr - tf.constant(BGR_MEAN, tf.float32), dtype)
 
 
 def bilinear_kernel(size: int, channels: int) -> np.ndarray:
@@ -188,9 +170,9 @@ def build_fcn8s(
       train_backbone: False freezes the VGG16 conv blocks (block1..block5). The product trains
         them; the CPU demo freezes them because their backward pass is ~3/4 of a step's time.
     Returns:
-      A keras.Model mapping (B, H, W, 3) float images in the training convention (`preprocess`:
-      BGR, mean-subtracted, 0-255 scale) to (B, H, W, num_classes) logits, float32 even under a
-      mixed-precision policy.
+      A keras.Model mapping (B, H, W, 3) float images in the training convention
+      (fcn8s_tf/pixels.preprocess: BGR, mean-subtracted, 0-255 scale) to (B, H, W, num_classes)
+      logits, float32 even under a mixed-precision policy.
     Raises:
       ValueError: a bad argument, or a weights file that is not VGG16 weights.
       FileNotFoundError: `weights` names a file that does not exist.

@@ -28,6 +28,7 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import loader
 from fcn8s_tf import render
 from fcn8s_tf.class_info import ClassInfo
 
@@ -90,26 +91,16 @@ class LocalModel:
     """The `serving_default` signature of a SavedModel loaded in this process."""
 
     def __init__(self, model_dir: str):
-        try:
-            self.export_dir = serving.resolve_saved_model_dir(model_dir)
-        except (FileNotFoundError, ValueError) as e:
-            raise PredictError(str(e)) from None
-        try:
-            self._loaded = tf.saved_model.load(self.export_dir)  # keeps the variables alive
-        except Exception as e:  # corrupt protobuf, missing variables ...: name the directory
-            raise PredictError(f"{self.export_dir}: cannot load the SavedModel "
-                               f"({type(e).__name__}: {str(e)[:300]})") from None
-        if SIGNATURE not in self._loaded.signatures:
-            raise PredictError(f"{self.export_dir}: no {SIGNATURE!r} signature (has "
-                               f"{sorted(self._loaded.signatures)})")
-        self._signature = self._loaded.signatures[SIGNATURE]
+        """Loads the export at model_dir (serving/loader.py); raises loader.ModelLoadError."""
+        self._model = loader.load(model_dir, kinds=(loader.SAVED_MODEL,))  # keeps variables alive
+        self.export_dir = self.name = self._model.path
+        self._signature = self._model.signature(SIGNATURE)
         inputs = self._signature.structured_input_signature[1]
         if serving.BYTES_INPUT not in inputs:
-            raise PredictError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
-                               f"not {serving.BYTES_INPUT!r}")
-        self.name = self.export_dir
+            raise loader.ModelLoadError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
+                                        f"not {serving.BYTES_INPUT!r}")
         # The export's own classes (its metadata signature); VOC's for exports made before it.
-        self.classes = serving.read_metadata(self._loaded) or ClassInfo.default()
+        self.classes = serving.read_metadata(self._model.saved_model) or ClassInfo.default()
 
     def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""

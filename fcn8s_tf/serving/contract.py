@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from fcn8s_tf import pixels
 from fcn8s_tf import class_info
 from fcn8s_tf.serving import budget as budget_lib
 
@@ -103,29 +104,12 @@ def find_saved_model(path: str) -> Optional[str]:
     return None
 
 
-def resolve_saved_model_dir(path: str) -> str:
-    """Like find_saved_model, but raises an error naming `path` when it holds no SavedModel.
-
-    Raises:
-      FileNotFoundError: `path` does not exist.
-      ValueError: `path` exists but holds no SavedModel in either layout.
-    """
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no such directory")
-    found = find_saved_model(path)
-    if found is None:
-        raise ValueError(f"{path} is not a SavedModel: no saved_model.pb in it nor in a numeric "
-                         "version subdirectory (TF Serving layout <base>/<version>/saved_model.pb)")
-    return found
-
-
 # ------------------------------------------------------------------------------ graph functions --
 class _Predictor:
     """The model's forward pass as the signatures run it. Not a Trackable: see the module docstring."""
 
     def __init__(self, model: "keras.Model", budget: budget_lib.Budget):
-        from fcn8s_tf.model import fcn8s as model_lib  # pylint: disable=import-outside-toplevel
-        self._preprocess = model_lib.preprocess
+        self._preprocess = pixels.preprocess
         self._model = model
         self._budget = budget
         self.num_classes = model.output_shape[-1]

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from fcn8s_tf import class_info
 from fcn8s_tf import files
-from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import budget as serving_budget
@@ -64,7 +64,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
     files.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
                                        log=logging.info)
     tmp = os.path.join(export_base, f"{TMP_PREFIX}{version}-p{os.getpid()}-{int(time.time())}")
-    dtype, why = config_lib.resolve_export_precision(precision)
+    dtype, why = precision_lib.resolve_export_precision(precision)
     logging.info("Export precision %s (precision=%s: %s)", dtype, precision, why)
     twin = model_lib.serving_twin(model, model_kwargs, dtype)
     classes = classes or class_info.ClassInfo.default(twin.output_shape[-1])

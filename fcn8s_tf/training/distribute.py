@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from fcn8s_tf import signals as signals_lib
-from fcn8s_tf.training import workdir as workdir_lib
+from fcn8s_tf.model import run_dir
 
 
 # -------------------------------------------------------------------------------------- strategy --
@@ -48,7 +48,7 @@ def checkpoint_dir(workdir: str, chief: bool) -> str:
     """Chief writes to <workdir>/checkpoints; other workers to a temp dir they delete (TF's recipe
     for MultiWorkerMirroredStrategy: every worker must take part in the save)."""
     if chief:
-        return workdir_lib.path(workdir, workdir_lib.CHECKPOINT_DIR)
+        return run_dir.path(workdir, run_dir.CHECKPOINT_DIR)
     return tempfile.mkdtemp(prefix="fcn8s_worker_ckpt_")
 
 

@@ -82,20 +82,20 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
     model = build_model(imported)
 
     import tensorflow as tf
+    from fcn8s_tf.model import run_dir
     from fcn8s_tf.serving import export as export_lib
-    from fcn8s_tf.training import workdir as workdir_lib
 
     staging = _make_staging(workdir, log)
     try:
         new = os.path.join(staging, "new")
         os.mkdir(new)  # 0777 less the umask, as os.makedirs (mkdtemp's own folder is 0700)
-        workdir_lib.write_model_config(new, imported.model_kwargs())
+        run_dir.write_model_config(new, imported.model_kwargs())
         manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=model), workdir_lib.path(new, workdir_lib.CHECKPOINT_DIR),
+            tf.train.Checkpoint(model=model), run_dir.path(new, run_dir.CHECKPOINT_DIR),
             max_to_keep=1)
         manager.save(checkpoint_number=0)
         export_dir = export_lib.export_saved_model(
-            model, workdir_lib.path(new, workdir_lib.EXPORT_DIR))
+            model, run_dir.path(new, run_dir.EXPORT_DIR))
         files.write_json(os.path.join(new, IMPORTED_FROM_FILE), {
             "weights": os.path.abspath(weights_path), "sha1": digest, "format": imported.format,
             "num_classes": imported.num_classes, "fc_units": imported.fc_units,
@@ -115,10 +115,11 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
     """Refuses, before any work, a workdir this import may not write; a refused one is untouched.
 
     overwrite replaces only a run directory, told by what every run holds (the names
-    fcn8s_tf/training/workdir.py owns): the replaced folder is deleted whole, and `--workdir=.` once
+    fcn8s_tf/model/run_dir.py owns): the replaced folder is deleted whole, and `--workdir=.` once
     deleted a source tree that way. A run a live trainer holds (workdir.RunLock) is refused too.
     """
-    from fcn8s_tf.training import workdir as workdir_lib  # imports TensorFlow
+    from fcn8s_tf.model import run_dir  # imports TensorFlow
+    from fcn8s_tf.training import workdir as workdir_lib
 
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise FileExistsError(f"--workdir={workdir} exists and is not a directory")
@@ -130,9 +131,9 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
         raise FileExistsError(f"--workdir={workdir} exists and is not empty; choose another or "
                               "pass --overwrite to replace it")
     if entries:
-        config, checkpoints = workdir_lib.CONFIG_FILE, workdir_lib.CHECKPOINT_DIR
-        if not (os.path.isfile(workdir_lib.path(workdir, config))
-                and os.path.isdir(workdir_lib.path(workdir, checkpoints))):
+        config, checkpoints = run_dir.CONFIG_FILE, run_dir.CHECKPOINT_DIR
+        if not (os.path.isfile(run_dir.path(workdir, config))
+                and os.path.isdir(run_dir.path(workdir, checkpoints))):
             raise FileExistsError(f"--workdir={workdir} is not a run directory (it has no "
                                   f"{config} and {checkpoints}/), and --overwrite replaces only "
                                   "a run directory; choose a new or empty --workdir")

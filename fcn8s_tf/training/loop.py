@@ -26,6 +26,7 @@ import keras
 import tensorflow as tf
 
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf import files
 from fcn8s_tf import signals as signals_lib
 from fcn8s_tf.training import distribute
@@ -36,6 +37,7 @@ from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.data import records
 from fcn8s_tf import class_info
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
 from fcn8s_tf.config import TrainConfig
 
@@ -84,7 +86,7 @@ def write_eval_images(writer, examples: list, step: int, palette=class_info.VOC_
 # ----------------------------------------------------------------------------------- checkpoints --
 def _check_workdir(config: TrainConfig) -> None:
     """Fails, before anything is written, when the workdir or --init_from holds another net."""
-    if workdir_lib.latest_checkpoint(config.workdir):
+    if run_dir.latest_checkpoint(config.workdir):
         differ = workdir_lib.model_config_differences(config.workdir, config.model_kwargs())
         if differ:
             raise ValueError(f"{config.workdir} holds a run of another net: {'; '.join(differ)}. "
@@ -96,12 +98,12 @@ def _check_workdir(config: TrainConfig) -> None:
 def _write_run_files(config: TrainConfig, flags_text: str, classes: class_info.ClassInfo) -> None:
     """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed run."""
     tf.io.gfile.makedirs(config.workdir)
-    workdir_lib.write_model_config(config.workdir, config.model_kwargs(), classes)
+    run_dir.write_model_config(config.workdir, config.model_kwargs(), classes)
     if flags_text:
-        with tf.io.gfile.GFile(workdir_lib.path(config.workdir, workdir_lib.FLAGS_FILE), "w") as f:
+        with tf.io.gfile.GFile(run_dir.path(config.workdir, run_dir.FLAGS_FILE), "w") as f:
             f.write(flags_text)
     files.remove_stale_temp_dirs(
-        workdir_lib.path(config.workdir, workdir_lib.CHECKPOINT_DIR),
+        run_dir.path(config.workdir, run_dir.CHECKPOINT_DIR),
         lambda name: name.endswith("_temp"), log=logging.warning)
 
 
@@ -187,7 +189,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     """
     config, classes = config_lib.resolve_classes(config)
     logging.info("%d classes: %s", classes.num_classes, ", ".join(classes.names))
-    policy, why = config_lib.resolve_precision(config.precision)
+    policy, why = precision_lib.resolve_precision(config.precision)
     logging.info("Precision %s (--precision=%s: %s)", policy, config.precision, why)
     config = dataclasses.replace(config, precision=policy)
     previous_policy = keras.mixed_precision.global_policy()
@@ -261,7 +263,7 @@ def _build_and_restore(config: TrainConfig, strategy, chief: bool, signals,
     # the same step), then raises TrainingInterrupted. It restores the manager's latest checkpoint
     # itself; the explicit restore below also covers workers whose manager writes to a temp dir.
     preemption = distribute.preemption_handler(strategy, manager, signals, step_var)
-    latest = workdir_lib.latest_checkpoint(config.workdir)  # the chief's, on every worker
+    latest = run_dir.latest_checkpoint(config.workdir)  # the chief's, on every worker
     if latest:
         checkpoint.restore(latest)
         logging.info("Resumed from %s at step %d", latest, int(step_var.numpy()))
@@ -287,7 +289,7 @@ def _run(config: TrainConfig, strategy, state: _State, total_steps: int,
         num_classes=config.num_classes)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = step_lib.make_train_step(strategy, state.model, state.optimizer, config)
-    summary_dir = workdir_lib.path(config.workdir, workdir_lib.TENSORBOARD_DIR)
+    summary_dir = run_dir.path(config.workdir, run_dir.TENSORBOARD_DIR)
     if state.chief:
         train_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "train"))
         eval_writer = tf.summary.create_file_writer(os.path.join(summary_dir, "val"))
@@ -311,12 +313,12 @@ def _run(config: TrainConfig, strategy, state: _State, total_steps: int,
         # otherwise export_saved_model builds that twin itself.
         export_path = export_lib.export_saved_model(
             evaluate_and_log.twin or state.model,
-            workdir_lib.path(config.workdir, workdir_lib.EXPORT_DIR),
+            run_dir.path(config.workdir, run_dir.EXPORT_DIR),
             model_kwargs=config.model_kwargs(), classes=classes)
         logging.info("Exported SavedModel to %s", export_path)
     if last_eval is not None and state.chief:
         files.write_json(
-            workdir_lib.path(config.workdir, workdir_lib.VAL_METRICS_FILE),
+            run_dir.path(config.workdir, run_dir.VAL_METRICS_FILE),
             evaluate_lib.metrics_payload(last_eval, evaluate_and_log.class_names,
                                          step=total_steps, data=config.val_data))
     return {"step": int(state.step.numpy()), "loss": loss_value, "eval": last_eval,

@@ -14,7 +14,9 @@ import tensorflow as tf
 from bench import flops as flops_lib
 from bench import protocol
 from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
+from fcn8s_tf import pixels
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf.training import distribute
 from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf.model import fcn8s as model_lib
@@ -49,8 +51,8 @@ def model(progress, image_size: int, fc_units: int, num_classes: int,
                    for d, _, files in os.walk(path) for f in files)
         exports[dtype] = {"path": path, "seconds": export_s, "size_mb": size / 2**20}
         progress(exports=exports)
-    train_policy, train_why = config_lib.resolve_precision("auto")
-    export_dtype, export_why = config_lib.resolve_export_precision("auto")
+    train_policy, train_why = precision_lib.resolve_precision("auto")
+    export_dtype, export_why = precision_lib.resolve_export_precision("auto")
     return {"flops": flops, "exports": exports,
             "auto": {"train": train_policy, "train_why": train_why, "export": export_dtype,
                      "export_why": export_why}}
@@ -248,7 +250,7 @@ def _time_forward(precision: str, xla: bool, images: np.ndarray, fc_units: int,
         net = model_lib.build_fcn8s(num_classes=num_classes, fc_units=fc_units)  # any size
         forward = tf.function(lambda x: net(x, training=False), jit_compile=xla)
         compute_dtype = keras.mixed_precision.global_policy().compute_dtype
-        inputs = model_lib.preprocess(images, compute_dtype)
+        inputs = pixels.preprocess(images, compute_dtype)
         times = []
         for i in range(repeats + 1):  # the first call traces (and compiles, with XLA)
             start = time.perf_counter()

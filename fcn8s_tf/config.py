@@ -2,8 +2,8 @@
 
 Where a default belongs to a stage (the crop size to augmentation, the shuffle buffer to the input
 pipeline, the architecture to the model builder), that stage's constant is the default here, so the
-library and the run cannot disagree. `fcn8s_tf/flags.py` makes one command-line flag per field, with
-these defaults; tests/test_config.py fails if a field has no flag or a flag no field.
+library and the run cannot disagree. Each field is described once, by `setting`: its help text is
+the help of the command-line flag `fcn8s_tf/flags.py` makes from it, with its default and bounds.
 """
 
 import dataclasses
@@ -21,51 +21,154 @@ LR_SCHEDULES = ("constant", "poly", "cosine")
 _MODEL_DEFAULTS = model_lib.default_kwargs()
 
 
+# A field without a default: its flag is required.
+REQUIRED = dataclasses.MISSING
+
+
+def setting(default: Any, help_text: str, **flag: Any) -> Any:
+    """A TrainConfig field and its one description.
+
+    `help_text` documents the field here and is the help of its flag (flags.py makes one flag per
+    field from this); `flag` holds what the flag parser checks: lower_bound, upper_bound, choices.
+    """
+    return dataclasses.field(default=default, metadata={"help": help_text, **flag})
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a run depends on; built from flags by train.main(), or directly by tests."""
     # --- data
-    train_data: str                      # file pattern of the training TFRecords
-    workdir: str                         # run directory (fcn8s_tf/training/workdir.py)
-    val_data: str = ""                   # file pattern of the validation TFRecords; "" = no eval
-    base_size: int = input_pipeline.DEFAULT_BASE_SIZE[0]   # host resize, square
-    crop_size: int = augment.DEFAULT_CROP_SIZE[0]          # on-device crop, square
-    scale_range: Tuple[float, float] = augment.DEFAULT_SCALE_RANGE
-    flip_prob: float = augment.DEFAULT_FLIP_PROB
-    shuffle_buffer: int = input_pipeline.DEFAULT_SHUFFLE_BUFFER
+    train_data: str = setting(
+        REQUIRED,
+        "File pattern of the training TFRecords (e.g. data/tfrecords/train-*.tfrecord).")
+    workdir: str = setting(
+        REQUIRED,
+        "Run directory: checkpoints, TensorBoard logs, flags, export.")
+    val_data: str = setting(
+        "",
+        "File pattern of the validation TFRecords; empty: no eval.")
+    base_size: int = setting(
+        input_pipeline.DEFAULT_BASE_SIZE[0],
+        "Host pipeline resizes every training image to this square size (image bilinear, label "
+        "nearest) before batching.", lower_bound=1)
+    crop_size: int = setting(
+        augment.DEFAULT_CROP_SIZE[0],
+        "Side of the square crop the model trains on, taken after random scaling on the "
+        "accelerator.", lower_bound=1)
+    scale_range: Tuple[float, float] = setting(
+        augment.DEFAULT_SCALE_RANGE,
+        "Random scale range min,max of the augmentation.")
+    flip_prob: float = setting(
+        augment.DEFAULT_FLIP_PROB,
+        "Probability of a horizontal flip.", lower_bound=0.0, upper_bound=1.0)
+    shuffle_buffer: int = setting(
+        input_pipeline.DEFAULT_SHUFFLE_BUFFER,
+        "Examples in the training shuffle buffer.", lower_bound=1)
     # --- model
-    num_classes: Optional[int] = None    # None: the training records' manifest says, else 21
-    backbone_weights: Optional[str] = "imagenet"  # "imagenet", None, or a VGG16 .h5 path
-    init_from: Optional[str] = None      # a workdir or checkpoint whose model weights start the run
-    fc_units: int = _MODEL_DEFAULTS["fc_units"]
-    learnable_upsampling: bool = _MODEL_DEFAULTS["learnable_upsampling"]
-    dropout_rate: float = _MODEL_DEFAULTS["dropout_rate"]
-    skip_scales: Tuple[float, float] = tuple(_MODEL_DEFAULTS["skip_scales"])
-    train_backbone: bool = _MODEL_DEFAULTS["train_backbone"]
-    fixed_input_shape: bool = True       # train on a net built for crop_size (faster)
+    num_classes: Optional[int] = setting(
+        None,
+        "Classes including background; default: the training records' manifest.json (names and "
+        "colours too), else 21 (VOC). When given, it must agree with the manifest.", lower_bound=2)
+    backbone_weights: Optional[str] = setting(
+        "imagenet",
+        "'imagenet' (Keras's VGG16 download with the top, for the fc6/fc7 net surgery), 'none' "
+        "(random init), or a path to a local VGG16 .h5 weights file.")
+    init_from: Optional[str] = setting(
+        None,
+        "Start from the model weights (not the optimizer) of a workdir or checkpoint, e.g. the "
+        "published FCN-8s from tools/import_weights.py. Ignored when --workdir has a checkpoint"
+        " to resume.")
+    fc_units: int = setting(
+        _MODEL_DEFAULTS["fc_units"],
+        "Width of fc6/fc7. The paper's 4096; narrower only for the demo or tests.", lower_bound=1)
+    learnable_upsampling: bool = setting(
+        _MODEL_DEFAULTS["learnable_upsampling"],
+        "Train the transposed convolutions (the Caffe reference keeps them fixed bilinear).")
+    dropout_rate: float = setting(
+        _MODEL_DEFAULTS["dropout_rate"],
+        "Dropout after fc6 and fc7.", lower_bound=0.0, upper_bound=1.0)
+    skip_scales: Tuple[float, float] = setting(
+        tuple(_MODEL_DEFAULTS["skip_scales"]),
+        "pool4,pool3 scale factors before their score layers. The reference's 0.01,0.0001; the "
+        "CPU demo alone uses 1,1.")
+    train_backbone: bool = setting(
+        _MODEL_DEFAULTS["train_backbone"],
+        "Train the VGG16 conv blocks. Off only in the CPU demo (random-init features, frozen to"
+        " fit its time budget).")
+    fixed_input_shape: bool = setting(
+        True,
+        "Build the training model for the crop size (measured faster than (None, None) by make "
+        "bench); evaluation and export use an any-size twin.")
     # --- optimisation
-    train_steps: int = 0                 # 0: from epochs
-    epochs: float = 0.0
-    batch_size: int = 8                  # global, split over the replicas
-    learning_rate: float = 1e-5          # peak, Adam
-    lr_schedule: str = "constant"        # one of LR_SCHEDULES, after warm-up
-    warmup_steps: int = 0
-    weight_decay: float = 0.0            # decoupled (AdamW style); 0 = off
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    amsgrad: bool = False
-    precision: str = "auto"              # one of precision.PRECISIONS; auto: per machine
-    xla: bool = False                    # jit-compile the per-replica model step
-    seed: int = 0
+    train_steps: int = setting(
+        0,
+        "Optimizer steps; 0 means use --epochs.", lower_bound=0)
+    epochs: float = setting(
+        0.0,
+        "Epochs over the training records (from manifest.json, or by counting), used when "
+        "--train_steps is 0.", lower_bound=0.0)
+    batch_size: int = setting(
+        8,
+        "Global batch size, split evenly over the replicas.", lower_bound=1)
+    learning_rate: float = setting(
+        1e-5,
+        "Peak learning rate of Adam.", lower_bound=0.0)
+    lr_schedule: str = setting(
+        "constant",
+        "Decay after warm-up: constant, poly (power 0.9, as DeepLab) or cosine.", choices=LR_SCHEDULES)
+    warmup_steps: int = setting(
+        0,
+        "Linear warm-up steps.", lower_bound=0)
+    weight_decay: float = setting(
+        0.0,
+        "Decoupled weight decay of Adam (AdamW style); 0 = off.", lower_bound=0.0)
+    adam_beta1: float = setting(
+        0.9,
+        "Adam beta_1.", lower_bound=0.0, upper_bound=1.0)
+    adam_beta2: float = setting(
+        0.999,
+        "Adam beta_2.", lower_bound=0.0, upper_bound=1.0)
+    adam_epsilon: float = setting(
+        1e-8,
+        "Adam epsilon.", lower_bound=0.0)
+    amsgrad: bool = setting(
+        False,
+        "AMSGrad variant of Adam (as the course report's algorithm).")
+    precision: str = setting(
+        "auto",
+        "Keras mixed-precision policy. auto (default): mixed_bfloat16 on GPUs of compute "
+        "capability >= 8.0 and CPUs with AMX/AVX512_BF16, mixed_float16 on 7.x GPUs, float32 "
+        "otherwise (logged at start). mixed_float16 adds dynamic loss scaling.", choices=precision_lib.PRECISIONS)
+    xla: bool = setting(
+        False,
+        "jit-compile the per-replica model step (forward, loss, gradient). Off by default: not "
+        "faster on the CPUs measured (BUILD.md).")
+    seed: int = setting(
+        0,
+        "Seeds weights init, data order and augmentation.")
     # --- bookkeeping
-    log_every: int = 20
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    eval_every: int = 2000               # 0 = only at the end
-    eval_max_images: int = 0             # 0 = the whole validation split
-    tb_images: int = 3
-    export: bool = True
+    log_every: int = setting(
+        20,
+        "Steps between progress lines and TensorBoard scalars.", lower_bound=1)
+    checkpoint_every: int = setting(
+        1000,
+        "Steps between checkpoints.", lower_bound=1)
+    keep_checkpoints: int = setting(
+        3,
+        "Checkpoints kept (the newest ones).", lower_bound=1)
+    eval_every: int = setting(
+        2000,
+        "Steps between validation runs; 0 = only at the end.", lower_bound=0)
+    eval_max_images: int = setting(
+        0,
+        "Validate on the first N images only; 0 = all.", lower_bound=0)
+    tb_images: int = setting(
+        3,
+        "Fixed validation images shown in TensorBoard.", lower_bound=0)
+    export: bool = setting(
+        True,
+        "Export a SavedModel to <workdir>/export/<version> at the end.")
+
 
     def model_kwargs(self) -> Dict[str, Any]:
         """The build_fcn8s arguments, also written to <workdir>/model_config.json."""

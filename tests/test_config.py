@@ -37,6 +37,15 @@ def test_every_field_has_a_flag_and_every_flag_a_field():
     assert set(fv) == fields
 
 
+def test_each_setting_is_described_once_and_its_flag_says_it():
+    fv = flags.FlagValues()
+    flags_lib.define_flags(fv)
+    for field in dataclasses.fields(config_lib.TrainConfig):
+        described = field.metadata.get("help")
+        assert described and described.endswith("."), field.name
+        assert fv[field.name].help.endswith(described), field.name  # enums prefix "<a|b>: "
+
+
 def test_flag_defaults_are_the_config_defaults():
     config = flags_lib.config_from_flags(_flag_values())
     default = config_lib.TrainConfig(train_data="x-*.tfrecord", workdir="w", train_steps=1)

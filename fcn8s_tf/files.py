@@ -170,7 +170,8 @@ def publish_dir(new: str, target: str, aside: Optional[str] = None) -> None:
         tf.io.gfile.rename(new, target)
         return
     if not os.path.lexists(target):
-        os.rename(new, target)  # fails, rather than merges, if target appeared meanwhile (non-empty)
+        # fails, rather than merges, if target appeared meanwhile (non-empty)
+        os.rename(new, target)
         return
     if aside is None:
         raise FileExistsError(f"{target} already exists")

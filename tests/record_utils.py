@@ -1,8 +1,9 @@
 """Fake TFRecord shards for tests, named and laid out as the converter writes them.
 
 The one place tests make records (the habit of TF Model Garden's `tfexample_utils`): examples go
-through fcn8s_tf.data.records.encode_example, files are named by convert_layout.shard_name and split into
-contiguous blocks by convert_layout.shard_bounds, so a change of format or layout reaches every test.
+through fcn8s_tf.data.records.encode_example, files are named by convert_layout.shard_name and split
+into contiguous blocks by convert_layout.shard_bounds, so a change of format or layout reaches every
+test.
 
     examples = [record_utils.example(image, label, f"ex_{k:03d}") for k, (image, label) in ...]
     pattern = record_utils.write_shards(tmp_path, "train", examples, num_shards=3)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from fcn8s_tf import pixels
-from fcn8s_tf.data import augment
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
+from fcn8s_tf.data import augment
 
 MODES = ("eager", "function", "data")
 

@@ -655,7 +655,8 @@ def test_quick_run_measures_every_section(tmp_path):
     assert kernels["status"] == "done" and kernels["precision"] == "float32", kernels
     assert kernels["kernels"] and 0 < kernels["kernels"][0]["s_per_step"] <= kernels["onednn_s"]
     assert any(row["kernel"].startswith("convolution ") for row in kernels["kernels"])
-    train32 = next(t for t in results["targets"] if t["target"].startswith("training step (float32)"))
+    train32 = next(t for t in results["targets"]
+                   if t["target"].startswith("training step (float32)"))
     assert "; limited by " in train32["note"], train32
 
     report = md.read_text()

@@ -13,13 +13,14 @@ from absl import flags
 import numpy as np
 import pytest
 
-from fcn8s_tf.data import augment
 from fcn8s_tf import config as config_lib
-from fcn8s_tf import precision as precision_lib
 from fcn8s_tf import flags as flags_lib
+from fcn8s_tf import precision as precision_lib
+from fcn8s_tf.data import augment
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.model import run_dir
+
 from helpers import REPO
 
 
@@ -144,7 +145,8 @@ def test_one_training_step_under_each_policy(tmp_path, precision):
     from fcn8s_tf.training import loop as train_lib
     from test_train import write_records
     config = config_lib.TrainConfig(
-        train_data=write_records(tmp_path / "records", "train", 2, 1), workdir=str(tmp_path / "run"),
+        train_data=write_records(tmp_path / "records", "train", 2, 1),
+        workdir=str(tmp_path / "run"),
         base_size=16, crop_size=16, num_classes=3, backbone_weights=None, fc_units=8,
         train_steps=1, batch_size=1, learning_rate=1e-2, eval_every=0, export=False,
         train_backbone=False, precision=precision)

@@ -1,7 +1,7 @@
 """The VOC + SBD -> TFRecord converter, on the real sample files in ../shared/voc_sample.
 
-Records are read back with plain tf.data and literal Model Garden keys (not fcn8s_tf.data.records), so a
-wrong key in records.py would fail here too.
+Records are read back with plain tf.data and literal Model Garden keys (not fcn8s_tf.data.records),
+so a wrong key in records.py would fail here too.
 """
 
 import io
@@ -18,13 +18,12 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 from fcn8s_tf.data.convert import convert
-
 from fcn8s_tf.data.convert import examples as convert_examples
-
 from fcn8s_tf.data.convert import voc_sbd
 from fcn8s_tf.data.convert.layout import ConversionError
-from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
+
 from helpers import left_behind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -491,7 +490,8 @@ def test_tool_with_a_list(roots, tmp_path):
 
 def test_converter_modules_import_no_tensorflow():
     # The worker processes import them: without TensorFlow each starts in a fraction of a second.
-    code = ("import sys, fcn8s_tf.data.convert, fcn8s_tf.data.convert.folders, fcn8s_tf.data.convert.voc_sbd; "
+    code = ("import sys, fcn8s_tf.data.convert, fcn8s_tf.data.convert.folders, "
+            "fcn8s_tf.data.convert.voc_sbd; "
             "print([m for m in ('tensorflow', 'keras') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO_ROOT, timeout=120)

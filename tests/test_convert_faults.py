@@ -25,6 +25,7 @@ from fcn8s_tf.data import demo_data
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import layout as convert_layout
+
 from helpers import wait_for_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -290,7 +291,8 @@ def test_a_second_converter_on_a_folder_in_use_fails(roots, tmp_path):
     output_dir.mkdir()
     held = files.lock(output_dir)  # what a running converter holds
     try:
-        with pytest.raises(convert_layout.ConversionError, match="another make_tfrecords is writing"):
+        with pytest.raises(convert_layout.ConversionError,
+                           match="another make_tfrecords is writing"):
             _convert(roots, output_dir, NEW_SHARDS)
     finally:
         files.unlock(held)

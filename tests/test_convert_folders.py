@@ -15,12 +15,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf.class_info import VOC_PALETTE
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.data.convert import convert
-from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.data.convert import folders as convert_folders
+from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.data.convert.layout import ConversionError
-from fcn8s_tf.class_info import VOC_PALETTE
+
 from helpers import REPO, left_behind, run_python
 
 
@@ -203,8 +204,8 @@ def test_other_image_kinds_are_kept_exactly(tmp_path, mode):
 def test_training_input_reads_png_and_jpeg_records(tmp_path):
     _make(tmp_path / "data")
     _convert(tmp_path / "data", tmp_path / "out", splits={"train": 1.0}, **_kwargs("rgb"))
-    dataset = input_pipeline.train_dataset(convert_layout.shard_pattern(tmp_path / "out", "train"), 8,
-                                           base_size=(6, 8), seed=0, num_classes=len(CLASSES))
+    dataset = input_pipeline.train_dataset(convert_layout.shard_pattern(tmp_path / "out", "train"),
+                                           8, base_size=(6, 8), seed=0, num_classes=len(CLASSES))
     images, labels = next(iter(dataset))[:2]
     assert images.shape == (8, 6, 8, 3) and labels.shape == (8, 6, 8, 1)
     assert {0, 1, 2} <= set(np.unique(labels.numpy()).tolist()) <= {0, 1, 2, 255}

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import record_utils
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import layout as convert_layout
+
+import record_utils
 
 NUM_CLASSES = 3
 NUM_EXAMPLES, NUM_SHARDS = 12, 3

@@ -7,11 +7,11 @@ import scipy.io
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
 from fcn8s_tf.data import demo_data
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import folders as convert_folders
-from fcn8s_tf.class_info import IGNORE_LABEL, VOC_PALETTE
 
 SMALL = dict(num_train=16, num_val=6, image_size=(64, 80))
 ALLOWED = set(demo_data.DEMO_CLASSES) | {0}

@@ -18,8 +18,8 @@ import types
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf.training import distribute
 from fcn8s_tf.model import run_dir
+from fcn8s_tf.training import distribute
 
 
 # -------------------------------------------------------------------------------------- strategy --

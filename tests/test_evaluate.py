@@ -15,18 +15,19 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf import pixels
 from fcn8s_tf import files
+from fcn8s_tf import pixels
 from fcn8s_tf import render
-from fcn8s_tf.evaluation import evaluator as evaluate_lib
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
 from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
+from fcn8s_tf.evaluation import evaluator as evaluate_lib
 from fcn8s_tf.evaluation import metrics
 from fcn8s_tf.model import fcn8s as model_lib
-from fcn8s_tf.data import records
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import loader
-from fcn8s_tf.model import run_dir
-from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, ClassInfo
+
 # pytest puts tests/ on the path: the hand-worked metric example, the folders dataset maker.
 from test_metrics import LABELS, PREDICTIONS
 import test_convert_folders as folders_data

@@ -16,9 +16,10 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import pixels
-from fcn8s_tf.serving import export
-from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import export
+
 import model_utils  # noqa: E402 (tests/ is on the path)
 
 
@@ -198,7 +199,8 @@ def test_cli_errors_are_one_line(tmp_path):
     import sys
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
-    for args, named in (([f"--workdir={tmp_path / 'nowhere'}"], "nowhere: no such file or directory"),):
+    for args, named in (([f"--workdir={tmp_path / 'nowhere'}"],
+                         "nowhere: no such file or directory"),):
         proc = subprocess.run([sys.executable, "-m", "fcn8s_tf.export", *args], cwd=repo,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr

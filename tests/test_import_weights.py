@@ -33,14 +33,15 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from fcn8s_tf import config as config_lib
+from fcn8s_tf.data import records
+from fcn8s_tf.model import run_dir
 from fcn8s_tf.model.weights import caffemodel, fcn8s_map, layers, npz
 from fcn8s_tf.training import imported_run
-from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
-from fcn8s_tf import config as config_lib
-from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
+
 from helpers import REPO
 
 IMPORT_CLI = REPO / "tools" / "import_weights.py"
@@ -435,7 +436,8 @@ def test_reader_edge_cases(tmp_path):
     }
     for message, blob in cases.items():
         path.write_bytes(_field(100, _field(1, b"bad") + blob))
-        with pytest.raises(layers.WeightsError, match=f"layer 'bad' blob 0: .*{re.escape(message)}"):
+        with pytest.raises(layers.WeightsError,
+                           match=f"layer 'bad' blob 0: .*{re.escape(message)}"):
             caffemodel.read_caffemodel(str(path))
     path.write_bytes(_field(2, _field(1, b"v0 layer")))
     with pytest.raises(layers.WeightsError, match="V0 format"):
@@ -540,7 +542,8 @@ def test_npz_imports_the_same_weights(tmp_path, at_once_file, at_once_weights):
     from_caffe = fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(at_once_file)))
     chainer = _write_npz(tmp_path / "chainer.npz", at_once_weights, "Chainer", scales=False)
     pytorch = _write_npz(tmp_path / "pytorch.npz", at_once_weights, "PyTorch", scales=True)
-    with pytest.raises(layers.WeightsError, match="no scale_pool4/scale_pool3 entries.*0.01,0.0001"):
+    with pytest.raises(layers.WeightsError,
+                       match="no scale_pool4/scale_pool3 entries.*0.01,0.0001"):
         fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(chainer)))
     for path, skip_scales in ((chainer, (0.01, 1e-4)), (pytorch, None)):
         imported = fcn8s_map.fcn8s_from(fcn8s_map.read_weights(str(path)), skip_scales)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import record_utils
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
 from fcn8s_tf.data import input_pipeline
 from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
+
+import record_utils
 
 NUM_EXAMPLES = 12
 NUM_SHARDS = 3

@@ -1,12 +1,13 @@
-"""Tests for fcn8s_tf.evaluation.metrics: a confusion matrix worked out by hand, and the reference scores."""
+"""Tests for fcn8s_tf.evaluation.metrics: a confusion matrix worked out by hand, and the reference
+scores."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn8s_tf.evaluation import metrics
 from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES
+from fcn8s_tf.evaluation import metrics
 
 # Ten pixels, three classes, two of them void (255):
 #

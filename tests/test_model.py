@@ -1,4 +1,5 @@
-"""Tests of fcn8s_tf.model.fcn8s: geometry, net surgery, bilinear kernels, serialisation, preprocessing.
+"""Tests of fcn8s_tf.model.fcn8s: geometry, net surgery, bilinear kernels, serialisation,
+preprocessing.
 
 Most tests build the net with a narrow fc6/fc7 (fc_units=8..16) and few classes: shapes, crops,
 dtypes and serialisation do not depend on those widths, and the 4096-wide fc6 alone holds 103M

@@ -15,9 +15,10 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import render
+from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
 from fcn8s_tf.serving import client as predict
 from fcn8s_tf.serving import loader
-from fcn8s_tf.class_info import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+
 from helpers import encode_image, free_port, run_python
 
 PERSON = 15
@@ -141,7 +142,8 @@ def test_a_file_given_twice_is_segmented_once(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ REST --
-# The served model's own classes (its metadata signature): VOC's, with person renamed and recoloured.
+# The served model's own classes (its metadata signature): VOC's, with person renamed and
+# recoloured.
 SERVED_NAMES = ["human" if n == "person" else n for n in VOC_CLASSES]
 SERVED_PALETTE = VOC_PALETTE.copy()
 SERVED_PALETTE[PERSON] = (10, 200, 30)

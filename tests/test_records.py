@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import record_utils
+from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
 from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
+
+import record_utils
 
 NUM_EXAMPLES, NUM_SHARDS = 12, 3
 
@@ -195,7 +196,8 @@ def test_read_classes_refuses_a_malformed_manifest(tmp_path, classes, expected):
     with pytest.raises(records.DataError) as error:
         records.read_classes(pattern)
     message = _one_line(error)
-    assert message.startswith(f"{tmp_path / convert_layout.MANIFEST_NAME}: ") and expected in message
+    assert (message.startswith(f"{tmp_path / convert_layout.MANIFEST_NAME}: ")
+            and expected in message)
 
 
 def test_read_classes_of_folders_that_disagree(tmp_path):

@@ -23,10 +23,11 @@ import tensorflow as tf
 from PIL import Image
 
 from fcn8s_tf import pixels
-from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import budget as serving_budget
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import warmup as serving_warmup
 from fcn8s_tf.training import loop as train_lib
+
 import model_utils  # noqa: E402 (tests/ is on the path)
 from test_export import NO_PROJECT_CODE  # noqa: E402 (tests/ is on the path)
 from test_train import tiny_config  # pytest puts tests/ on sys.path (rootdir conftest)
@@ -272,7 +273,8 @@ def test_large_images_are_downscaled_then_labels_resized_back(tmp_path):
     assert (size[0] + 200) * (size[1] + 200) <= 240 * 240 < (size[0] + 201) * (size[1] + 201)
     assert list(size) == [33, 46]
     # A strip one pixel high keeps that pixel, and takes all the width the budget leaves.
-    assert list(serving_budget.net_input_size(1, 50000, limit).numpy()) == [1, 240 * 240 // 201 - 200]
+    assert (list(serving_budget.net_input_size(1, 50000, limit).numpy())
+            == [1, 240 * 240 // 201 - 200])
     resized = tf.image.resize(big, size, antialias=True)
     logits = model(pixels.preprocess(resized), training=False)
     labels = tf.argmax(logits, -1, output_type=tf.int32)[..., tf.newaxis]

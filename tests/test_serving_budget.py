@@ -1,4 +1,5 @@
-"""Hostile requests against a real export, under both loaders, in a process with an address-space cap.
+"""Hostile requests against a real export, under both loaders, in a process with an address-space
+cap.
 
 The payloads are the ones that killed a serving process before the budget counted the net's padding,
 batch padding and output size (issue 18): a 177-byte PNG of 1 x 50000 pixels, 100 x 40000 (inside

@@ -20,10 +20,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fcn8s_tf import config as config_lib
 from fcn8s_tf.data import records
 from fcn8s_tf.training import loop as train_lib
 from fcn8s_tf.training import step as step_lib
-from fcn8s_tf import config as config_lib
+
 from helpers import REPO, free_port
 
 
@@ -32,7 +33,8 @@ def write_records(directory: Path, split: str, num_examples: int, num_shards: in
     """Writes `num_examples` random image/label pairs into shards; returns their file pattern."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
-    writers = [tf.io.TFRecordWriter(str(directory / f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"))
+    writers = [tf.io.TFRecordWriter(str(directory / f"{split}-{i:05d}-of-"
+                                                    f"{num_shards:05d}.tfrecord"))
                for i in range(num_shards)]
     for n in range(num_examples):
         h, w = size

@@ -20,6 +20,7 @@ from PIL import Image
 from fcn8s_tf.data import records
 from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
+
 from helpers import REPO, wait_for_line
 
 

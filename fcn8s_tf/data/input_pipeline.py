@@ -1,8 +1,8 @@
 """Host input pipeline: TFRecord shards -> decoded, resized, batched (images, labels).
 
 The host only reads, decodes, resizes to a fixed base size and batches (docs/DESIGN.md); the random
-scale/flip/crop and the mean subtraction run on the accelerator (fcn8s_tf/data/augment.py). The record
-format is owned by fcn8s_tf/data/records.py, so this module never names a feature key.
+scale/flip/crop and the mean subtraction run on the accelerator (fcn8s_tf/data/augment.py). The
+record format is owned by fcn8s_tf/data/records.py, so this module never names a feature key.
 
 Training batches are uint8: resizing gives float32, which is rounded back to uint8 (at most 0.5 of a
 grey level, well below JPEG's own error) so that the prefetch buffers and the host->device copy
@@ -33,8 +33,8 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from fcn8s_tf.data import records
 from fcn8s_tf.class_info import IGNORE_LABEL
+from fcn8s_tf.data import records
 
 DEFAULT_BASE_SIZE = (321, 321)
 DEFAULT_SHUFFLE_BUFFER = 1024  # serialized records (~0.1 MB each for VOC): ~100 MB of host memory

@@ -7,8 +7,8 @@ of class indices with IGNORE_LABEL (255) as void.
 
 The reader's side of a converted folder is here too: list_files, count_examples, read_manifest,
 read_classes, and the checks that turn a broken file into one line naming it (DataError). The
-folder's layout (shard names, manifest and its class metadata) is fcn8s_tf.data.convert.layout's: the
-converter writes it, and imports no TensorFlow.
+folder's layout (shard names, manifest and its class metadata) is fcn8s_tf.data.convert.layout's:
+the converter writes it, and imports no TensorFlow.
 
 A TFRecord file is a sequence of records, each framed as: uint64 length, uint32 masked CRC-32C of
 the length, the data, uint32 masked CRC-32C of the data. list_files walks that framing (the 12-byte
@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from fcn8s_tf.data.convert import layout as convert_layout  # the folder layout; imports no TensorFlow
 from fcn8s_tf.class_info import VOC_CLASSES, VOC_PALETTE
+# the folder layout; imports no TensorFlow
+from fcn8s_tf.data.convert import layout as convert_layout
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"

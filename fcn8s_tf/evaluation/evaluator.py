@@ -17,13 +17,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from fcn8s_tf import class_info
 from fcn8s_tf import pixels
+from fcn8s_tf import render
 from fcn8s_tf.data.convert import layout as convert_layout
 from fcn8s_tf.evaluation import metrics
-from fcn8s_tf import render
 from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import loader
-from fcn8s_tf import class_info
 
 # uint8 (H, W, 3) RGB image -> {"labels": int32 (H, W)[, "logits": float (H, W, C)]}.
 PredictFn = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
@@ -46,7 +46,8 @@ def model_predict_fn(model, with_logits: bool = False) -> PredictFn:
 
 
 def saved_model_predict_fn(model: loader.LoadedModel) -> PredictFn:
-    """Wraps an export's `serving_uint8` signature (uint8 (B, H, W, 3) -> labels int32 (B, H, W))."""
+    """Wraps an export's `serving_uint8` signature (uint8 (B, H, W, 3) -> labels int32
+    (B, H, W))."""
     signature = model.signature(serving.SIGNATURE_UINT8)
 
     def predict_fn(image):

@@ -64,7 +64,8 @@ def read_classes(workdir: str):
 
 
 def write_model_config(workdir: str, model_kwargs: Dict[str, Any], classes=None) -> None:
-    """model_config.json: the build_fcn8s arguments, and the classes (a class_info.ClassInfo) if given."""
+    """model_config.json: the build_fcn8s arguments, and the classes (a class_info.ClassInfo) if
+    given."""
     payload = dict(model_kwargs)
     if classes is not None:
         payload["classes"] = classes.to_json()

@@ -13,7 +13,8 @@ from typing import Dict, List
 import tensorflow as tf
 
 # The per-request budget (class Budget). 2048 x 2048 covers VOC images (500 x 375) and common photo
-# sizes after one downscale step; the float32 forward of a 2048 x 2048 image peaks at ~4 GB on a CPU.
+# sizes after one downscale step; the float32 forward of a 2048 x 2048 image peaks at ~4 GB on a
+# CPU.
 DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
 
 
@@ -23,7 +24,8 @@ DEFAULT_MAX_OUTPUT_BYTES = 512 * 2 ** 20
 
 
 def _starts(raw: tf.Tensor, pattern: bytes) -> tf.Tensor:
-    """Boolean (n,) marking where `pattern` starts in the uint8 vector `raw` (False near the end)."""
+    """Boolean (n,) marking where `pattern` starts in the uint8 vector `raw` (False near the
+    end)."""
     n = tf.shape(raw)[0]
     k = len(pattern)
     hits = tf.ones([tf.maximum(n - k + 1, 0)], tf.bool)
@@ -53,8 +55,8 @@ def check_encoded_image(data: tf.Tensor, index: tf.Tensor, item: str) -> List[tf
 
     The decoder's own errors do not say which item of a batch failed, and a truncated PNG may decode
     partially; these checks catch the common cases first. A JPEG is complete when its last
-    end-of-image marker (FF D9) follows its last start-of-scan (FF DA): entropy-coded data cannot hold
-    either (FF is byte-stuffed there), an EXIF thumbnail's EOI comes before the main scan, and
+    end-of-image marker (FF D9) follows its last start-of-scan (FF DA): entropy-coded data cannot
+    hold either (FF is byte-stuffed there), an EXIF thumbnail's EOI comes before the main scan, and
     trailers some phones append after the EOI are allowed. A PNG is complete when it holds IEND.
     """
     empty = tf.equal(tf.strings.length(data), 0)
@@ -117,9 +119,10 @@ def net_input_size(height: tf.Tensor, width: tf.Tensor, max_pixels: int) -> tf.T
     """(2,) int32 size at which the net sees an image: its own, or scaled down to the net budget.
 
     The net pads its input by model.INPUT_PAD on every side, so an image costs what its padded area
-    (H + 200)(W + 200) does: a 1 x 50000 strip does the work of a 3200 x 3200 image. The budget is the
-    padded area of a sqrt(max_pixels)-square image; an image over it is scaled by the factor s that
-    solves (sH + 200)(sW + 200) = budget (keeping its aspect ratio), each side at least 1 pixel.
+    (H + 200)(W + 200) does: a 1 x 50000 strip does the work of a 3200 x 3200 image. The budget is
+    the padded area of a sqrt(max_pixels)-square image; an image over it is scaled by the factor s
+    that solves (sH + 200)(sW + 200) = budget (keeping its aspect ratio), each side at least 1
+    pixel.
     """
     from fcn8s_tf.model import fcn8s as model_lib  # pylint: disable=import-outside-toplevel
     pad = tf.constant(2.0 * model_lib.INPUT_PAD, tf.float64)

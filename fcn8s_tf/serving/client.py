@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from fcn8s_tf.serving import contract as serving
-from fcn8s_tf.serving import loader
 from fcn8s_tf import render
 from fcn8s_tf.class_info import ClassInfo
+from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import loader
 
 SIGNATURE = serving.SIGNATURE_DEFAULT
 

@@ -1,9 +1,10 @@
-"""The serving contract: SavedModel layout, signatures, request limits and the TF Serving warmup file.
+"""The serving contract: SavedModel layout, signatures, request limits and the TF Serving warmup
+file.
 
 This module is the one owner of what a deployed FCN-8s looks like from outside. `export.py` builds
-exports with it; `serving/client.py`, `evaluation/evaluator.py` and the benchmark find and call exports through the names
-defined here. Nothing in an export needs project code at serve time: preprocessing (RGB->BGR, mean),
-decoding and the per-request limit are in the graph.
+exports with it; `serving/client.py`, `evaluation/evaluator.py` and the benchmark find and call
+exports through the names defined here. Nothing in an export needs project code at serve time:
+preprocessing (RGB->BGR, mean), decoding and the per-request limit are in the graph.
 
 Layout (TF Serving's): `<base>/<version>/saved_model.pb`, numeric versions, the highest served, and
 `<base>/<version>/assets.extra/tf_serving_warmup_requests`, one PredictionLog per signature.
@@ -21,16 +22,16 @@ Signatures:
       model was trained on, also in assets/class_names.txt, so a client names them without the
       project; precision string (): the dtype the net computes in, float32 or bfloat16.
 Images of a string batch run through the net one at a time at their own size: FCN-8s sees ~400 px of
-context, so padding an image to its batch-mates' size would change its answer. A batch of zero images
-gives outputs with a zero batch dimension.
+context, so padding an image to its batch-mates' size would change its answer. A batch of zero
+images gives outputs with a zero batch dimension.
 
-Bounded work per request (serving/budget.py; BUILD.md states it for deployers): what a request costs is
-decided before any image is decoded, from the headers. An image runs through the net at a size whose
-padded area (the net pads 100 px on every side) is at most that of a max_image_pixels square, so a
-1 x 50000 strip costs what a 2048 x 2048 image does, not more; a larger image is downscaled (aspect
-kept, antialiased), segmented, and its labels and probabilities are resized back to the full size
-with nearest neighbour. An image declaring more than 4 x max_image_pixels pixels, or a request whose
-answer (every item padded to the largest) would exceed max_output_bytes, is refused with an
+Bounded work per request (serving/budget.py; BUILD.md states it for deployers): what a request costs
+is decided before any image is decoded, from the headers. An image runs through the net at a size
+whose padded area (the net pads 100 px on every side) is at most that of a max_image_pixels square,
+so a 1 x 50000 strip costs what a 2048 x 2048 image does, not more; a larger image is downscaled
+(aspect kept, antialiased), segmented, and its labels and probabilities are resized back to the full
+size with nearest neighbour. An image declaring more than 4 x max_image_pixels pixels, or a request
+whose answer (every item padded to the largest) would exceed max_output_bytes, is refused with an
 InvalidArgumentError that names the item or the sizes. Images within the budget are answered
 exactly. serving_uint8 runs its batch one image at a time for the same reason.
 
@@ -38,14 +39,14 @@ Bad input fails the request, never the server: empty strings, bytes that are not
 truncated JPEG/PNG files and images over the budget raise InvalidArgumentError naming the item's
 index in the batch.
 
-Why the variables are tracked by hand: a Keras 3 variable is a wrapper around a tf.Variable. Saved as
-part of a Keras model, each wrapper exports a *copy* of its tf.Variable (`keras.Variable.
+Why the variables are tracked by hand: a Keras 3 variable is a wrapper around a tf.Variable. Saved
+as part of a Keras model, each wrapper exports a *copy* of its tf.Variable (`keras.Variable.
 _export_to_saved_model_graph` makes `tf.Variable(object_map[self.value])`); the saver's restore op
 fills the copies while the signature functions read the originals, which nothing restores. The
-object-based loader (`tf.saved_model.load`) binds captures by object and hides this; the session-based
-loader that TF Serving uses fails with "Could not find variable ...". Keras's own ExportArchive avoids it
-the same way as here: the root object tracks the tf.Variables the traced functions capture, and not
-the Keras model (which would also double the size of the variables file).
+object-based loader (`tf.saved_model.load`) binds captures by object and hides this; the
+session-based loader that TF Serving uses fails with "Could not find variable ...". Keras's own
+ExportArchive avoids it the same way as here: the root object tracks the tf.Variables the traced
+functions capture, and not the Keras model (which would also double the size of the variables file).
 """
 
 import os
@@ -54,8 +55,8 @@ from typing import TYPE_CHECKING, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from fcn8s_tf import pixels
 from fcn8s_tf import class_info
+from fcn8s_tf import pixels
 from fcn8s_tf.serving import budget as budget_lib
 
 if TYPE_CHECKING:  # predict and evaluate use this module without importing Keras
@@ -106,7 +107,8 @@ def find_saved_model(path: str) -> Optional[str]:
 
 # ------------------------------------------------------------------------------ graph functions --
 class _Predictor:
-    """The model's forward pass as the signatures run it. Not a Trackable: see the module docstring."""
+    """The model's forward pass as the signatures run it. Not a Trackable: see the module
+    docstring."""
 
     def __init__(self, model: "keras.Model", budget: budget_lib.Budget):
         self._preprocess = pixels.preprocess
@@ -201,7 +203,8 @@ class _Predictor:
                 def pad(i):
                     h, w = heights[i], widths[i]
                     shape = tf.stack([h, w]) if depth is None else tf.stack([h, w, depth])
-                    paddings = [[0, max_h - h], [0, max_w - w]] + ([] if depth is None else [[0, 0]])
+                    paddings = ([[0, max_h - h], [0, max_w - w]]
+                                + ([] if depth is None else [[0, 0]]))
                     return tf.pad(tf.reshape(flat.read(i), shape), paddings, constant_values=fill)
 
                 return tf.map_fn(pad, tf.range(n), fn_output_signature=dtype)
@@ -272,7 +275,8 @@ def read_metadata(loaded) -> Optional[class_info.ClassInfo]:
                          int(out["ignore_label"].numpy()))
 
 
-def serving_root(signatures: Dict[str, object], class_names_file: Optional[str] = None) -> tf.Module:
+def serving_root(signatures: Dict[str, object],
+                 class_names_file: Optional[str] = None) -> tf.Module:
     """The object tf.saved_model.save writes: the signatures' captured tf.Variables, and the class
     names file as an asset (copied to assets/class_names.txt), nothing else."""
     root = tf.Module()

@@ -20,8 +20,8 @@ from fcn8s_tf import class_info
 from fcn8s_tf import files
 from fcn8s_tf import precision as precision_lib
 from fcn8s_tf.model import fcn8s as model_lib
-from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import budget as serving_budget
+from fcn8s_tf.serving import contract as serving
 from fcn8s_tf.serving import warmup as serving_warmup
 
 

@@ -23,18 +23,20 @@ WARMUP_IMAGE_SIZE = (64, 64)
 def prediction_log(model_name: str, signature_name: str, inputs: Dict[str, np.ndarray]) -> bytes:
     """A serialized tensorflow.serving.PredictionLog holding one PredictRequest.
 
-    Written by hand (six fields of protobuf wire format, fcn8s_tf/protobuf.py) because the generated classes come with
-    `tensorflow-serving-api`, which depends on the full `tensorflow` distribution and would install a
-    second TensorFlow beside tensorflow-cpu. Field numbers, from tensorflow_serving/apis/*.proto:
-    PredictionLog.predict_log = 6; PredictLog.request = 1; PredictRequest.model_spec = 1,
-    .inputs = 2 (map<string, TensorProto>: entry key = 1, value = 2); ModelSpec.name = 1,
-    .signature_name = 3. tests/test_serving.py parses the file back with the generated classes.
+    Written by hand (six fields of protobuf wire format, fcn8s_tf/protobuf.py) because the generated
+    classes come with `tensorflow-serving-api`, which depends on the full `tensorflow` distribution
+    and would install a second TensorFlow beside tensorflow-cpu. Field numbers, from
+    tensorflow_serving/apis/*.proto: PredictionLog.predict_log = 6; PredictLog.request = 1;
+    PredictRequest.model_spec = 1, .inputs = 2 (map<string, TensorProto>: entry key = 1, value = 2);
+    ModelSpec.name = 1, .signature_name = 3. tests/test_serving.py parses the file back with the
+    generated classes.
     """
     spec = length_delimited(1, model_name.encode()) + length_delimited(3, signature_name.encode())
     request = length_delimited(1, spec)
     for key in sorted(inputs):
         tensor = tf.make_tensor_proto(inputs[key]).SerializeToString()
-        request += length_delimited(2, length_delimited(1, key.encode()) + length_delimited(2, tensor))
+        request += length_delimited(2, length_delimited(1, key.encode())
+                                    + length_delimited(2, tensor))
     return length_delimited(6, length_delimited(1, request))
 
 

@@ -25,21 +25,21 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from fcn8s_tf import class_info
 from fcn8s_tf import config as config_lib
-from fcn8s_tf import precision as precision_lib
 from fcn8s_tf import files
+from fcn8s_tf import precision as precision_lib
 from fcn8s_tf import signals as signals_lib
+from fcn8s_tf.config import TrainConfig
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
+from fcn8s_tf.evaluation import evaluator as evaluate_lib
+from fcn8s_tf.model import fcn8s as model_lib
+from fcn8s_tf.model import run_dir
+from fcn8s_tf.serving import export as export_lib
 from fcn8s_tf.training import distribute
 from fcn8s_tf.training import step as step_lib
-from fcn8s_tf.evaluation import evaluator as evaluate_lib
-from fcn8s_tf.serving import export as export_lib
-from fcn8s_tf.data import input_pipeline
-from fcn8s_tf.model import fcn8s as model_lib
-from fcn8s_tf.data import records
-from fcn8s_tf import class_info
-from fcn8s_tf.model import run_dir
 from fcn8s_tf.training import workdir as workdir_lib
-from fcn8s_tf.config import TrainConfig
 
 
 # ----------------------------------------------------------------------------------------- input --
@@ -60,7 +60,8 @@ class _LossAndPictures:
         self.loss_sum = self.pixels = 0.0
 
     def __call__(self, index, image, label, outputs, name):
-        loss_sum, count = step_lib.masked_cross_entropy(outputs["logits"][tf.newaxis], label[tf.newaxis])
+        loss_sum, count = step_lib.masked_cross_entropy(outputs["logits"][tf.newaxis],
+                                                        label[tf.newaxis])
         self.loss_sum += float(loss_sum)
         self.pixels += float(count)
         if index < self.keep:
@@ -96,7 +97,8 @@ def _check_workdir(config: TrainConfig) -> None:
 
 
 def _write_run_files(config: TrainConfig, flags_text: str, classes: class_info.ClassInfo) -> None:
-    """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed run."""
+    """(Chief, holding the lock) model_config.json, flags.txt, and no temp folder of a killed
+    run."""
     tf.io.gfile.makedirs(config.workdir)
     run_dir.write_model_config(config.workdir, config.model_kwargs(), classes)
     if flags_text:
@@ -113,10 +115,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _InTrainingEval:
-    """Evaluates the training model with the one evaluator (fcn8s_tf/evaluation/evaluator.py) and logs it.
+    """Evaluates the training model with the one evaluator (fcn8s_tf/evaluation/evaluator.py) and
+    logs it.
 
-    Uses an any-size float32 twin of the model (model/fcn8s.py serving_twin), built at first use and kept
-    in sync by copying the weights; the export at the end reuses it.
+    Uses an any-size float32 twin of the model (model/fcn8s.py serving_twin), built at first use and
+    kept in sync by copying the weights; the export at the end reuses it.
     """
 
     def __init__(self, model: keras.Model, config: TrainConfig, writer, chief: bool,

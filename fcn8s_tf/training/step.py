@@ -12,11 +12,11 @@ from typing import Callable, Tuple
 import keras
 import tensorflow as tf
 
-from fcn8s_tf.data import augment
-from fcn8s_tf.model import fcn8s as model_lib
-from fcn8s_tf.data import records
 from fcn8s_tf import class_info
 from fcn8s_tf.config import TrainConfig
+from fcn8s_tf.data import augment
+from fcn8s_tf.data import records
+from fcn8s_tf.model import fcn8s as model_lib
 
 
 def resolve_train_steps(config: TrainConfig) -> int:
@@ -150,7 +150,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model, optimi
             scale_range=config.scale_range, flip_prob=config.flip_prob, seed=aug_seed,
             dtype=compute_dtype)
         labels = tf.cast(labels, tf.int32)
-        local_count = tf.reduce_sum(tf.cast(tf.not_equal(labels, class_info.IGNORE_LABEL), tf.float32))
+        local_count = tf.reduce_sum(tf.cast(tf.not_equal(labels, class_info.IGNORE_LABEL),
+                                            tf.float32))
         global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
         loss_sum, grads = model_step(images, labels, global_count)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

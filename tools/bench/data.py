@@ -1,11 +1,12 @@
 """The sample images a run measures with: real VOC files, or synthetic ones at VOC sizes.
 
-A user's clone has no VOC files, so by default the run writes synthetic pairs: fcn8s_tf.data.demo_data's
-images (shapes of three classes on a textured background, labels with the 255 boundary band),
-drawn at the sizes VOC images have, then contrast-stretched and given pixel-level texture so that
-their JPEGs are as large as real VOC photos (the 30 real sample images average 87 KiB, mostly at
-500x375; demo_data's plain images are about 40 KiB) and cost about as much to decode. This module
-needs no TensorFlow: the parent process writes the images before any child starts.
+A user's clone has no VOC files, so by default the run writes synthetic pairs:
+fcn8s_tf.data.demo_data's images (shapes of three classes on a textured background, labels with the
+255 boundary band), drawn at the sizes VOC images have, then contrast-stretched and given
+pixel-level texture so that their JPEGs are as large as real VOC photos (the 30 real sample images
+average 87 KiB, mostly at 500x375; demo_data's plain images are about 40 KiB) and cost about as much
+to decode. This module needs no TensorFlow: the parent process writes the images before any child
+starts.
 """
 
 import io
@@ -16,8 +17,8 @@ from typing import Dict, Tuple
 import numpy as np
 from PIL import Image
 
-from fcn8s_tf.data import demo_data
 from fcn8s_tf import class_info
+from fcn8s_tf.data import demo_data
 
 # (height, width) cycled through: the most common VOC 2012 sizes, landscape first (the inference
 # image is the first pair of 375x500).

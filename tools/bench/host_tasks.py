@@ -13,14 +13,15 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from bench import data
-from bench.settings import VOC_SBD_IMAGES
 from fcn8s_tf.data import augment as augment_lib
+from fcn8s_tf.data import input_pipeline
+from fcn8s_tf.data import records
 from fcn8s_tf.data.convert import convert
 from fcn8s_tf.data.convert import examples as convert_examples
 from fcn8s_tf.data.convert import layout as convert_layout
-from fcn8s_tf.data import input_pipeline
-from fcn8s_tf.data import records
+
+from bench import data
+from bench.settings import VOC_SBD_IMAGES
 
 
 def environment(progress) -> Dict:

@@ -149,8 +149,9 @@ def _training(results: Dict) -> List[str]:
     s, flops = results["settings"], results.get("flops") or {}
     lines = ["", f"## Training step: FCN-8s, {s['num_classes']} classes, fc {s['fc_units']}, "
              f"{s['image_size']}x{s['image_size']} crops", "",
-             f"The real step (training/step.py make_train_step: augmentation, forward, loss, gradients, "
-             f"Adam) on a synthetic batch. {_num(flops.get('train_gflop'), 1)} GFLOP per image "
+             f"The real step (training/step.py make_train_step: augmentation, forward, loss, "
+             f"gradients, Adam) on a synthetic batch. "
+             f"{_num(flops.get('train_gflop'), 1)} GFLOP per image "
              "(see FLOPs below). Time: median of the timed steps after an untimed first step "
              "(which includes tracing and XLA compilation). 'of ceiling' divides by the matmul "
              "ceiling of the step's compute dtype; 'by CPU time' divides FLOP per CPU-second by "
@@ -278,8 +279,8 @@ def _inference(results: Dict) -> List[str]:
     keras_runs = [r for e in ((results.get("versus") or {}).get("tf_forward") or {}).values()
                   for r in e.get("runs") or []]
     lines = ["", f"## Inference: exported SavedModels (dynamic input), {size} image", "",
-             f"Each export (serving/export.py export_saved_model, precision float32 or bfloat16) loaded as "
-             f"TF Serving would, in a child of its own. `export --precision=auto` gives "
+             f"Each export (serving/export.py export_saved_model, precision float32 or bfloat16) "
+             f"loaded as TF Serving would, in a child of its own. `export --precision=auto` gives "
              f"{auto.get('export', '-')} on this machine. 'of ceiling' divides by the matmul "
              "ceiling of the dtype the net computes in. The Keras forward rows are the "
              "side-by-side's: the same net without the serving wrapper (budget, padding, "

@@ -12,8 +12,8 @@ VOC_SBD_IMAGES = 10_582 + 1_449  # train + val ids of VOC 2012 + SBD (docs/DESIG
 POLICY_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 # CPU feature flags (/proc/cpuinfo) that mean native bfloat16 arithmetic.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-# The dtypes the SavedModel is exported in (serving/export.py export_saved_model's precision), in the order
-# they are served; bfloat16 only where bf16 is native (run.py says why).
+# The dtypes the SavedModel is exported in (serving/export.py export_saved_model's precision), in
+# the order they are served; bfloat16 only where bf16 is native (run.py says why).
 EXPORT_DTYPES = ("float32", "bfloat16")
 # "Clearly faster" in the bf16 target, made a number.
 BF16_CLEARLY_FASTER = 1.25

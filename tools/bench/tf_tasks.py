@@ -11,17 +11,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench import flops as flops_lib
-from bench import protocol
-from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
-from fcn8s_tf import pixels
 from fcn8s_tf import config as config_lib
+from fcn8s_tf import pixels
 from fcn8s_tf import precision as precision_lib
-from fcn8s_tf.training import distribute
-from fcn8s_tf.serving import export as export_lib
+from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
 from fcn8s_tf.model import fcn8s as model_lib
 from fcn8s_tf.serving import contract as serving
+from fcn8s_tf.serving import export as export_lib
+from fcn8s_tf.training import distribute
 from fcn8s_tf.training import step as step_lib
+
+from bench import flops as flops_lib
+from bench import protocol
 
 
 def model(progress, image_size: int, fc_units: int, num_classes: int,
@@ -277,8 +278,8 @@ def forward(progress, configs: List[Dict], height: int, width: int, fc_units: in
 
     The any-size model that evaluation and export use, called in a tf.function (with
     jit_compile=xla) on a preprocessed random image: the same work as torch_tasks' forward.
-    precision is a Keras policy: "bfloat16" is the net a bfloat16 export serves
-    (model/fcn8s.py serving_twin), so XLA on vs off here says whether XLA would speed up that export.
+    precision is a Keras policy: "bfloat16" is the net a bfloat16 export serves (model/fcn8s.py
+    serving_twin), so XLA on vs off here says whether XLA would speed up that export.
     """
     images = np.random.default_rng(seed).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
     runs = []

@@ -110,7 +110,8 @@ def preprocess(rgb: np.ndarray) -> torch.Tensor:
 
 
 def keras_layer_name(name: str) -> str:
-    """This net's layer name -> fcn8s_tf.model.fcn8s's: conv<b>_<i> -> block<b>_conv<i>, others same."""
+    """This net's layer name -> fcn8s_tf.model.fcn8s's: conv<b>_<i> -> block<b>_conv<i>, others
+    same."""
     if name.startswith("conv"):
         block, i = name[4:].split("_")
         return f"block{block}_conv{i}"

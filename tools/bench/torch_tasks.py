@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from bench import torch_fcn8s
 from fcn8s_tf.class_info import IGNORE_LABEL  # numpy only, no TensorFlow
+
+from bench import torch_fcn8s
 
 PRECISIONS = ("float32", "bf16_autocast")
 

@@ -21,8 +21,8 @@ from bench.settings import POLICY_DTYPE, Settings
 # TensorFlow's Keras policy -> the PyTorch precision it is compared with.
 PAIRS = {"float32": "float32", "mixed_bfloat16": "bf16_autocast"}
 # Training policy -> the Keras policy of the forward pass compared: the dtype of the export that
-# precision serves (model/fcn8s.py serving_twin builds a pure "bfloat16" net, not a mixed one that casts
-# 134 M float32 weights on every call).
+# precision serves (model/fcn8s.py serving_twin builds a pure "bfloat16" net, not a mixed one that
+# casts 134 M float32 weights on every call).
 FORWARD_POLICY = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 INSTALL_HINT = ".venv/bin/pip install -r requirements/bench-torch.txt"
 

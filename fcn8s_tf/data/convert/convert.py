@@ -254,7 +254,8 @@ def _write_all(plan: Plan, shards: Dict[str, int], staging: Staging, num_workers
         "format": FORMAT,
         "created": {
             "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "tool": "fcn8s_tf.data.convert", "fcn8s_tf_version": fcn8s_tf.__version__, **plan.created,
+            "tool": "fcn8s_tf.data.convert", "fcn8s_tf_version": fcn8s_tf.__version__,
+            **plan.created,
         },
         "classes": plan.classes.manifest_entry(),
         "splits": splits,

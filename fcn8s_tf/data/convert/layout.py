@@ -1,6 +1,7 @@
 """What the converter writes: the folder's layout, the manifest's class metadata, its error.
 
-    <output_dir>/<split>-NNNNN-of-NNNNN.tfrecord   the records (fcn8s_tf.data.records owns their keys)
+    <output_dir>/<split>-NNNNN-of-NNNNN.tfrecord   the records (fcn8s_tf.data.records owns
+                                                   their keys)
     <output_dir>/manifest.json                     splits, shards and their counts, classes
     <output_dir>/.make_tfrecords-replacing.json    only while a fallback-mode replacement runs,
                                                    or after a kill during one (publish)

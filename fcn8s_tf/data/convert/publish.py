@@ -20,7 +20,8 @@ output_dir a new inode: a bind mount of output_dir itself (docker run -v data/tf
 keeps showing the old, emptied folder; mount its parent instead.
 
 The swap is fcn8s_tf/files.py's `exchange`, called through that module on purpose:
-tests/test_convert_faults.py replaces it to take RENAME_EXCHANGE away (and recover._reached to stop the process at a named step).
+tests/test_convert_faults.py replaces it to take RENAME_EXCHANGE away (and recover._reached to stop
+the process at a named step).
 """
 
 import os

@@ -1,8 +1,8 @@
 """The PASCAL VOC 2012 + SBD source of the converter: ids, splits, and reading their files.
 
-Splits (docs/DESIGN.md): train = (SBD train ∪ SBD val ∪ VOC2012 seg train) − VOC2012 seg val, 10,582 ids
-on the full data; val = VOC2012 seg val, 1,449 ids. Without an SBD root, train is VOC2012 seg train.
-With a list file (--list), only its ids, in one split (e.g. VOC2011 seg11valid, 736 ids).
+Splits (docs/DESIGN.md): train = (SBD train ∪ SBD val ∪ VOC2012 seg train) − VOC2012 seg val,
+10,582 ids on the full data; val = VOC2012 seg val, 1,449 ids. Without an SBD root, train is VOC2012
+seg train. With a list file (--list), only its ids, in one split (e.g. VOC2011 seg11valid, 736 ids).
 A label comes from VOC `SegmentationClass/<id>.png` when it exists (it carries the 255 boundary
 band), else from SBD `cls/<id>.mat`; the image from VOC `JPEGImages/<id>.jpg`, else from SBD
 `img/<id>.jpg`.
@@ -19,11 +19,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
 from fcn8s_tf.data.convert.examples import (Classes, Plan, PreparedExample, check_label_values,
                                             count_values, finish_example, label_histogram,
                                             read_id_list, read_jpeg)
 from fcn8s_tf.data.convert.layout import ConversionError, check_split_name, format_names
-from fcn8s_tf.class_info import IGNORE_LABEL, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE
 
 PathLike = Union[str, os.PathLike]
 

@@ -21,12 +21,12 @@ Flags and main only: the loop is fcn8s_tf/evaluation/evaluator.py's (training ca
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 import tensorflow as tf
 
 from fcn8s_tf import class_info
+from fcn8s_tf import cli
 from fcn8s_tf import files
 from fcn8s_tf import render
 from fcn8s_tf.data import input_pipeline
@@ -34,9 +34,11 @@ from fcn8s_tf.data import records
 from fcn8s_tf.evaluation import evaluator
 
 
+PROG = "fcn8s_tf.evaluate"
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.no_positional_arguments(argv)
     FLAGS = flags.FLAGS
     try:
         records.list_files(FLAGS.data)  # a bad pattern or a broken file fails before loading
@@ -61,7 +63,7 @@ def main(argv):
                              f"--data={FLAGS.data} lists {classes.num_classes} classes (leave "
                              "--num_classes out to use them)")
     except (FileNotFoundError, ValueError, records.DataError) as e:
-        raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
+        cli.fail(PROG, e)
     classes = classes or class_info.ClassInfo.default(FLAGS.num_classes or class_info.NUM_CLASSES)
     num_classes = classes.num_classes
     dataset = input_pipeline.eval_dataset(FLAGS.data, num_classes=num_classes)
@@ -77,9 +79,9 @@ def main(argv):
             result, cm = evaluator.evaluate(predict_fn, dataset, num_classes, hooks=hooks,
                                   print_fn=lambda line: print(line, flush=True))
     except (ValueError, records.DataError) as e:  # wrong size, no image, a broken record
-        raise SystemExit(f"fcn8s_tf.evaluate: error: {e}") from None
+        cli.fail(PROG, e)
     except tf.errors.InvalidArgumentError as e:  # e.g. class ids >= --num_classes
-        raise SystemExit(f"fcn8s_tf.evaluate: error: {e.message}") from None
+        cli.fail(PROG, e.message)
 
     class_names = classes.names
     print(evaluator.format_table(result, class_names))
@@ -121,5 +123,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(define_flags, main)

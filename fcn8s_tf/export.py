@@ -6,10 +6,10 @@
 Flags and main only: the export is written by fcn8s_tf/serving/export.py.
 """
 
-from absl import app
 from absl import flags
 import tensorflow as tf
 
+from fcn8s_tf import cli
 from fcn8s_tf import precision as precision_lib
 from fcn8s_tf.serving import budget as serving_budget
 from fcn8s_tf.serving import export as export_lib
@@ -17,9 +17,11 @@ from fcn8s_tf.serving import loader
 from fcn8s_tf.model import run_dir
 
 
+PROG = "fcn8s_tf.export"
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.no_positional_arguments(argv)
     FLAGS = flags.FLAGS
     export_base = FLAGS.export_dir or run_dir.path(FLAGS.workdir, run_dir.EXPORT_DIR)
     try:
@@ -31,9 +33,9 @@ def main(argv):
                                              max_output_bytes=FLAGS.max_output_bytes,
                                              classes=run.classes)
     except (FileExistsError, NotADirectoryError, PermissionError, ValueError) as e:
-        raise SystemExit(f"fcn8s_tf.export: {e}") from None
+        cli.fail(PROG, e)
     except tf.errors.OpError as e:  # e.g. an --export_dir TensorFlow cannot write
-        raise SystemExit(f"fcn8s_tf.export: {type(e).__name__}: {e.message}") from None
+        cli.fail(PROG, f"{type(e).__name__}: {e.message}")
     print(path)
 
 
@@ -58,5 +60,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(define_flags, main)

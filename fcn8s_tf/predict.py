@@ -15,14 +15,17 @@ Flags and main only: the clients and the request format are fcn8s_tf/serving/cli
 pictures fcn8s_tf/render.py's.
 """
 
-from absl import app
 from absl import flags
 
+from fcn8s_tf import cli
 from fcn8s_tf.serving import client
 from fcn8s_tf.serving import loader
 
 
-def main(argv):
+PROG = "fcn8s_tf.predict"
+
+
+def main(argv):  # positional arguments are images
     FLAGS = flags.FLAGS
     try:
         paths = client.collect_paths(argv[1:], FLAGS.images)
@@ -32,7 +35,7 @@ def main(argv):
             model = client.RestModel(FLAGS.server, timeout=FLAGS.timeout)
         results = client.predict_files(model, paths, FLAGS.output_dir)
     except (client.PredictError, loader.ModelLoadError) as e:
-        raise SystemExit(f"fcn8s_tf.predict: error: {e}") from None
+        cli.fail(PROG, e)
     print(f"Masks and overlays of {len(results)} image(s) in {FLAGS.output_dir}")
 
 
@@ -52,5 +55,4 @@ def define_flags() -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(define_flags, main)

@@ -5,12 +5,10 @@ MultiWorkerMirroredStrategy from TF_CONFIG. Flags (one per TrainConfig field) ar
 the run is fcn8s_tf/training/loop.py's. This module holds main only.
 """
 
-import sys
-
-from absl import app
 from absl import logging
 import tensorflow as tf
 
+from fcn8s_tf import cli
 from fcn8s_tf import files
 from fcn8s_tf import flags as flags_lib
 from fcn8s_tf import signals
@@ -20,29 +18,28 @@ from fcn8s_tf.training import loop
 from fcn8s_tf.training import workdir as workdir_lib
 
 
+PROG = "fcn8s_tf.train"
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.no_positional_arguments(argv)
     config = flags_lib.config_from_flags()
     flags_text = flags_lib.flags_text()
     logging.info("Flags:\n%s", flags_text)
     try:
         result = loop.train(config, flags_text=flags_text)
-    except distribute.TrainingInterrupted as e:  # 128 + signal number, as a shell reports a signal
-        print(f"fcn8s_tf.train: {e}", file=sys.stderr)
-        raise SystemExit(128 + e.signum) from None
+    except distribute.TrainingInterrupted as e:  # a checkpoint of the current step was saved
+        cli.stopped(PROG, e, 128 + e.signum)
     except signals.Interrupted as e:  # a second Ctrl-C: stopped without the checkpoint
-        print(f"fcn8s_tf.train: {e}, without a checkpoint of this step", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+        cli.stopped(PROG, f"{e}, without a checkpoint of this step", e.exit_code)
     except (loop.NonFiniteLossError, ValueError, FileNotFoundError, FileExistsError,
             NotADirectoryError, PermissionError, workdir_lib.WorkdirInUseError,
             records.DataError) as e:
-        raise SystemExit(f"fcn8s_tf.train: {e}") from None
+        cli.fail(PROG, e)
     except tf.errors.OpError as e:  # e.g. a workdir TensorFlow cannot write (gfile)
-        raise SystemExit(f"fcn8s_tf.train: {type(e).__name__}: {e.message}") from None
+        cli.fail(PROG, f"{type(e).__name__}: {e.message}")
     print(files.dumps({k: v for k, v in result.items() if k != "eval"}))
 
 
 if __name__ == "__main__":
-    flags_lib.define_flags()
-    app.run(main)
+    cli.run(flags_lib.define_flags, main)

@@ -33,7 +33,6 @@ from bench import settings as settings_lib  # noqa: E402
 from bench import sweep  # noqa: E402
 from bench import targets  # noqa: E402
 from bench import versus  # noqa: E402
-from helpers import REPO
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(

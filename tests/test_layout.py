@@ -1,4 +1,5 @@
-"""The package's shape, as docs/DESIGN.md states it: stages in dependency order, thin CLIs, short files.
+"""The package's shape, as docs/DESIGN.md states it: stages in dependency order, thin CLIs,
+short files.
 
 Read from the source (every import statement, those inside functions too), so that a new import
 that runs from a lower stage to a higher one, or a library that imports a CLI module, fails here
@@ -16,7 +17,8 @@ CLIS = {"fcn8s_tf.train", "fcn8s_tf.evaluate", "fcn8s_tf.export", "fcn8s_tf.pred
 # docs/DESIGN.md, "Stages and who owns what": a module imports only from its stage or lower ones.
 STAGES = {
     "base": ["fcn8s_tf", "fcn8s_tf.class_info", "fcn8s_tf.render", "fcn8s_tf.protobuf",
-             "fcn8s_tf.files", "fcn8s_tf.signals", "fcn8s_tf.precision"],
+             "fcn8s_tf.files", "fcn8s_tf.signals", "fcn8s_tf.precision", "fcn8s_tf.pixels",
+             "fcn8s_tf.cli"],
     "data": ["fcn8s_tf.data"],
     "model": ["fcn8s_tf.model"],
     "serving": ["fcn8s_tf.serving"],
@@ -84,3 +86,20 @@ def test_no_module_re_exports_another_modules_names():
         tree = ast.parse(init.read_text())
         imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
         assert not imports, f"{init.relative_to(REPO)} imports (re-exports) names"
+
+
+PROGRAMS = sorted([PACKAGE / f"{name.split('.')[-1]}.py" for name in CLIS]
+                  + [p for p in (REPO / "tools").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_program_defines_its_flags_and_exits_one_way(path):
+    """Flags in define_flags() (none at import), started by cli.run, errors through cli.fail."""
+    source = path.read_text()
+    tree = ast.parse(source)
+    at_import = [node.lineno for node in tree.body if isinstance(node, (ast.Expr, ast.Assign))
+                 and "flags.DEFINE_" in ast.unparse(node)]
+    assert not at_import, f"{path.name} defines flags at import (lines {at_import})"
+    assert "cli.run(" in source, f"{path.name} does not start through fcn8s_tf/cli.py's run"
+    assert "raise SystemExit(" not in source and "file=sys.stderr" not in source, \
+        f"{path.name} exits with an error of its own making; use cli.fail or cli.stopped"

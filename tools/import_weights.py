@@ -12,18 +12,19 @@ schedulers and container runtimes send) stops the import as Ctrl-C does, with it
 removed.
 """
 
-import sys
 
 from absl import app, flags
 
+from fcn8s_tf import cli
 from fcn8s_tf import signals
 from fcn8s_tf.training import imported_run
 
 FLAGS = flags.FLAGS
+PROG = "import_weights"
 
 
 def define_flags() -> None:
-    """The command-line flags, defined under __main__ only, as in every CLI of the project."""
+    """The command-line flags; defined only when run as a program, as in every CLI."""
     flags.DEFINE_string("weights", None, "The .caffemodel (e.g. fcn8s-heavy-pascal.caffemodel) or "
                         ".npz (Chainer keys conv1_1/W, or PyTorch keys conv1_1.weight).",
                         required=True)
@@ -39,8 +40,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.no_positional_arguments(argv)
     skip_scales = None
     if FLAGS.skip_scales is not None:
         try:
@@ -53,15 +53,12 @@ def main(argv):
             imported_run.import_weights(FLAGS.weights, FLAGS.workdir, sha1=FLAGS.sha1,
                                         overwrite=FLAGS.overwrite, skip_scales=skip_scales)
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
-        print(f"import_weights: error: {e}", file=sys.stderr)
-        return 1
+        cli.fail(PROG, e)
     except signals.Interrupted as e:
-        print(f"import_weights: {e}: temporary folder removed; --workdir={FLAGS.workdir} is "
-              "replaced whole or not at all.", file=sys.stderr)
-        return e.exit_code
+        cli.stopped(PROG, f"{e}: temporary folder removed; --workdir={FLAGS.workdir} is "
+                    "replaced whole or not at all.", e.exit_code)
     return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(define_flags, main)

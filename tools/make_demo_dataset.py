@@ -17,24 +17,27 @@ import time
 
 from absl import app, flags
 
+from fcn8s_tf import cli
 from fcn8s_tf.data import demo_data
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: VOCdevkit/ and benchmark_RELEASE/ "
-                  "(4 classes of VOC's 21). folders: images/, masks/ (RGB) and classes.txt "
-                  "(3 classes).")
-flags.DEFINE_string("output_dir", None, "Where the dataset goes.", required=True)
-flags.DEFINE_integer("seed", 0, "The only source of randomness: same seed, same files.")
-flags.DEFINE_integer("num_train", 240, "--format=voc: train ids (VOC and SBD together, after "
-                     "the split rule).", lower_bound=4)
-flags.DEFINE_integer("num_val", 48, "--format=voc: VOC2012 seg val ids.", lower_bound=1)
-flags.DEFINE_integer("num_images", 240, "--format=folders: image/mask pairs (the converter "
-                     "splits them).", lower_bound=2)
-flags.DEFINE_list("image_size", ["160"], "Image size in pixels: one number (square) or H,W.")
+def define_flags() -> None:
+    """The command-line flags; defined only when run as a program, as in every CLI."""
+    flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: VOCdevkit/ and benchmark_RELEASE/ "
+                      "(4 classes of VOC's 21). folders: images/, masks/ (RGB) and classes.txt "
+                      "(3 classes).")
+    flags.DEFINE_string("output_dir", None, "Where the dataset goes.", required=True)
+    flags.DEFINE_integer("seed", 0, "The only source of randomness: same seed, same files.")
+    flags.DEFINE_integer("num_train", 240, "--format=voc: train ids (VOC and SBD together, after "
+                         "the split rule).", lower_bound=4)
+    flags.DEFINE_integer("num_val", 48, "--format=voc: VOC2012 seg val ids.", lower_bound=1)
+    flags.DEFINE_integer("num_images", 240, "--format=folders: image/mask pairs (the converter "
+                         "splits them).", lower_bound=2)
+    flags.DEFINE_list("image_size", ["160"], "Image size in pixels: one number (square) or H,W.")
 
 
 def main(argv):
-    del argv  # unused
+    cli.no_positional_arguments(argv)
     size = [int(v) for v in FLAGS.image_size]
     if len(size) not in (1, 2):
         raise app.UsageError(f"--image_size={','.join(FLAGS.image_size)}: give N or H,W.")
@@ -55,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(define_flags, main)

@@ -24,52 +24,58 @@ if __name__ == "__mp_main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import os  # noqa: E402 (after the line above, to keep the window before it short)
-import sys  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
+from fcn8s_tf import cli  # noqa: E402
 from fcn8s_tf import signals  # noqa: E402
 from fcn8s_tf.data.convert import convert  # noqa: E402
 from fcn8s_tf.data.convert import folders as convert_folders  # noqa: E402
 from fcn8s_tf.data.convert import layout as convert_layout  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: PASCAL VOC 2012 (+ SBD) in their "
-                  "own layouts. folders: --images, --masks and --classes.")
-# --format=voc
-flags.DEFINE_string("voc_root", None, "The VOCdevkit/VOC2012 folder (JPEGImages/, "
-                    "SegmentationClass/, ImageSets/Segmentation/{train,val}.txt).")
-flags.DEFINE_string("sbd_root", None, "SBD's benchmark_RELEASE/dataset folder (img/, cls/, "
-                    "train.txt, val.txt). Without it, train is VOC2012 seg train alone.")
-flags.DEFINE_string("list", None, "Convert only the ids this file lists (one a line, e.g. "
-                    "seg11valid.txt), into the split --list_split; the split lists are not read.")
-flags.DEFINE_string("list_split", "val", "The split --list's ids go to.")
-# --format=folders
-flags.DEFINE_string("images", None, "The folder of images, <id>.jpg/.png/... (JPEGs stored as "
-                    "they are, others re-encoded losslessly as PNG).")
-flags.DEFINE_string("masks", None, "The folder of masks, <id>.png: class ids (single channel) "
-                    "or class colours (RGB or palette) as in --classes.")
-flags.DEFINE_string("classes", None, "One class a line in id order: `name` or `name r g b`.")
-flags.DEFINE_string("splits", None, "split:fraction,... for a split seeded by --seed; default "
-                    "train:0.9,val:0.1. Or give --train_list/--val_list.")
-flags.DEFINE_string("train_list", None, "The ids of the train split, one a line.")
-flags.DEFINE_string("val_list", None, "The ids of the val split, one a line.")
-flags.DEFINE_integer("seed", 0, "Seeds --splits: the same files and seed give the same split.")
-flags.DEFINE_integer("ignore_value", 255, "Void in single-channel masks (not a class id); the "
-                     "records hold void as 255.", lower_bound=0, upper_bound=255)
-flags.DEFINE_string("ignore_color", None, "R,G,B: void in colour masks. Without it every colour "
-                    "must be a class's.")
-# Both formats.
-flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.", required=True)
-flags.DEFINE_integer("train_shards", convert.DEFAULT_NUM_SHARDS["train"], "Train shards.",
-                     lower_bound=1)
-flags.DEFINE_integer("val_shards", convert.DEFAULT_NUM_SHARDS["val"], "Shards of val (and of "
-                     "any split other than train).", lower_bound=1)
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
-                     "Processes that decode, check and encode examples; 1 = in-process.",
-                     lower_bound=1)
-flags.DEFINE_bool("overwrite", False, "Replace the records and manifest that an earlier "
-                  "conversion wrote in --output_dir (other files there stay).")
+PROG = "make_tfrecords"
+
+
+def define_flags() -> None:
+    """The command-line flags; defined only when run as a program, as in every CLI."""
+    flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: PASCAL VOC 2012 (+ SBD) in their "
+                      "own layouts. folders: --images, --masks and --classes.")
+    # --format=voc
+    flags.DEFINE_string("voc_root", None, "The VOCdevkit/VOC2012 folder (JPEGImages/, "
+                        "SegmentationClass/, ImageSets/Segmentation/{train,val}.txt).")
+    flags.DEFINE_string("sbd_root", None, "SBD's benchmark_RELEASE/dataset folder (img/, cls/, "
+                        "train.txt, val.txt). Without it, train is VOC2012 seg train alone.")
+    flags.DEFINE_string("list", None, "Convert only the ids this file lists (one a line, e.g. "
+                        "seg11valid.txt), into the split --list_split; the split lists are not read.")
+    flags.DEFINE_string("list_split", "val", "The split --list's ids go to.")
+    # --format=folders
+    flags.DEFINE_string("images", None, "The folder of images, <id>.jpg/.png/... (JPEGs stored as "
+                        "they are, others re-encoded losslessly as PNG).")
+    flags.DEFINE_string("masks", None, "The folder of masks, <id>.png: class ids (single channel) "
+                        "or class colours (RGB or palette) as in --classes.")
+    flags.DEFINE_string("classes", None, "One class a line in id order: `name` or `name r g b`.")
+    flags.DEFINE_string("splits", None, "split:fraction,... for a split seeded by --seed; default "
+                        "train:0.9,val:0.1. Or give --train_list/--val_list.")
+    flags.DEFINE_string("train_list", None, "The ids of the train split, one a line.")
+    flags.DEFINE_string("val_list", None, "The ids of the val split, one a line.")
+    flags.DEFINE_integer("seed", 0, "Seeds --splits: the same files and seed give the same split.")
+    flags.DEFINE_integer("ignore_value", 255, "Void in single-channel masks (not a class id); the "
+                         "records hold void as 255.", lower_bound=0, upper_bound=255)
+    flags.DEFINE_string("ignore_color", None, "R,G,B: void in colour masks. Without it every colour "
+                        "must be a class's.")
+    # Both formats.
+    flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.", required=True)
+    flags.DEFINE_integer("train_shards", convert.DEFAULT_NUM_SHARDS["train"], "Train shards.",
+                         lower_bound=1)
+    flags.DEFINE_integer("val_shards", convert.DEFAULT_NUM_SHARDS["val"], "Shards of val (and of "
+                         "any split other than train).", lower_bound=1)
+    flags.DEFINE_integer("num_workers", os.cpu_count() or 1,
+                         "Processes that decode, check and encode examples; 1 = in-process.",
+                         lower_bound=1)
+    flags.DEFINE_bool("overwrite", False, "Replace the records and manifest that an earlier "
+                      "conversion wrote in --output_dir (other files there stay).")
+
 
 _FORMAT_FLAGS = {"voc": ("voc_root", "sbd_root", "list", "list_split"),
                  "folders": ("images", "masks", "classes", "splits", "train_list", "val_list",
@@ -107,17 +113,15 @@ def _convert() -> dict:
 
 
 def main(argv):
-    del argv  # unused
+    cli.no_positional_arguments(argv)
     try:
         with signals.raising():
             manifest = _convert()
     except convert_layout.ConversionError as e:
-        print(f"make_tfrecords: error: {e}", file=sys.stderr)
-        return 1
+        cli.fail(PROG, e)
     except signals.Interrupted as e:
-        print(f"make_tfrecords: {e}: workers stopped, temporary files removed; "
-              f"{FLAGS.output_dir} holds no partial set.", file=sys.stderr)
-        return e.exit_code
+        cli.stopped(PROG, f"{e}: workers stopped, temporary files removed; {FLAGS.output_dir} "
+                    "holds no partial set.", e.exit_code)
     counts = ", ".join(f"{split} {info['num_examples']}"
                        for split, info in manifest["splits"].items())
     print(f"Wrote {counts} examples to {FLAGS.output_dir} (manifest.json).")
@@ -126,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(define_flags, main)

@@ -1,5 +1,8 @@
 """Shared fixtures."""
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,10 +29,23 @@ def trained_workdir(tmp_path_factory) -> Path:
 
     One step at a large learning rate moves the zero-initialised score layers far enough for the
     answers to vary from pixel to pixel (a constant answer would hide a wrong restore); a second
-    step saturates them into one."""
+    step saturates them into one. Under pytest-xdist (`make test`) the workers share it: the first
+    to ask trains it under a lock, the others wait and reuse it.
+    """
     from fcn8s_tf.training import loop as train_lib
     from test_train import tiny_config  # pytest puts tests/ on sys.path
-    config = tiny_config(tmp_path_factory.mktemp("trained"), precision="float32",
-                         train_steps=1, learning_rate=0.05, eval_every=0)
-    train_lib.train(config)
-    return Path(config.workdir)
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    target, done = root / "trained_workdir", root / "trained_workdir.done"
+    with open(root / "trained_workdir.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this worker has it or has made it
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)  # a worker that died half-way
+            target.mkdir()
+            config = tiny_config(target, precision="float32", train_steps=1,
+                                 learning_rate=0.05, eval_every=0)
+            train_lib.train(config)
+            done.touch()
+    return target / "run"

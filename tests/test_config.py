@@ -104,6 +104,62 @@ def test_flags_text_replays_the_run(tmp_path):
     assert flags_lib.config_from_flags(replayed) == flags_lib.config_from_flags(original)
 
 
+# A run's flags.txt as fcn8s_tf.train wrote it before the stage redesign (flags_text at a9e341e):
+# existing workdirs must replay unchanged.
+OLD_FLAGS_TXT = """\
+--train_data=data/tfrecords/train-*.tfrecord
+--workdir=runs/voc
+--val_data=
+--base_size=321
+--crop_size=321
+--scale_range=0.5,1.3
+--flip_prob=0.5
+--shuffle_buffer=1024
+--backbone_weights=none
+--fc_units=4096
+--nolearnable_upsampling
+--dropout_rate=0.5
+--skip_scales=0.01,0.0001
+--train_backbone
+--fixed_input_shape
+--train_steps=0
+--epochs=50.0
+--batch_size=20
+--learning_rate=0.0001
+--lr_schedule=poly
+--warmup_steps=0
+--weight_decay=0.0
+--adam_beta1=0.9
+--adam_beta2=0.999
+--adam_epsilon=1e-08
+--noamsgrad
+--precision=mixed_bfloat16
+--noxla
+--seed=0
+--log_every=20
+--checkpoint_every=1000
+--keep_checkpoints=3
+--eval_every=2000
+--eval_max_images=0
+--tb_images=3
+--export
+"""
+
+
+def test_an_old_runs_flags_txt_replays_unchanged(tmp_path):
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text(OLD_FLAGS_TXT)
+    replayed = flags.FlagValues()
+    flags_lib.define_flags(replayed)
+    replayed(["train", f"--flagfile={flagfile}"])
+    config = flags_lib.config_from_flags(replayed)
+    assert (config.epochs, config.batch_size, config.learning_rate) == (50.0, 20, 1e-4)
+    assert (config.lr_schedule, config.precision, config.backbone_weights) == (
+        "poly", "mixed_bfloat16", None)
+    assert config.skip_scales == (0.01, 0.0001) and config.export and not config.xla
+    assert flags_lib.flags_text(replayed) == OLD_FLAGS_TXT  # and writes it back the same
+
+
 def test_importing_the_library_defines_no_flag():
     code = ("import importlib, pkgutil; from absl import flags; import fcn8s_tf\n"
             "for module in pkgutil.walk_packages(fcn8s_tf.__path__, 'fcn8s_tf.'):\n"

@@ -130,7 +130,11 @@ def test_decode_example_refuses_a_size_that_disagrees_with_the_image():
     image = record_utils.encode_png(np.zeros((4, 6, 3), np.uint8))
     label = record_utils.encode_png(np.zeros((4, 6), np.uint8))
     serialized = records.encode_example(image, label, 5, 6, "wrong_height", image_format="png")
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not image/height x image/width"):
+        records.decode_example(tf.constant(serialized))
+    # Height and width swapped: the same pixel count, so only a shape check can tell.
+    serialized = records.encode_example(image, label, 6, 4, "swapped", image_format="png")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="written with the two swapped"):
         records.decode_example(tf.constant(serialized))
 
 

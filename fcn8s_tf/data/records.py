@@ -102,8 +102,16 @@ def decode_example(serialized: tf.Tensor):
     label = tf.io.decode_png(features[LABEL_ENCODED], channels=1)
     height = tf.cast(features[IMAGE_HEIGHT], tf.int32)
     width = tf.cast(features[IMAGE_WIDTH], tf.int32)
-    image = tf.ensure_shape(tf.reshape(image, tf.stack([height, width, 3])), [None, None, 3])
-    label = tf.ensure_shape(tf.reshape(label, tf.stack([height, width, 1])), [None, None, 1])
+    # The stored size must be the decoded one (a reshape would take a record with height and
+    # width swapped, the same pixel count, and scramble its pixels).
+    size = tf.stack([height, width])
+    checks = [tf.debugging.assert_equal(
+        tf.shape(decoded)[:2], size, message=f"{what} of this record is not image/height x "
+        "image/width (written with the two swapped, or with another image)")
+        for what, decoded in (("the image", image), ("the label", label))]
+    with tf.control_dependencies(checks):
+        image = tf.ensure_shape(tf.identity(image), [None, None, 3])
+        label = tf.ensure_shape(tf.identity(label), [None, None, 1])
     return image, label, features[IMAGE_FILENAME]
 
 

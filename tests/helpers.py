@@ -4,11 +4,10 @@ Fixtures live in conftest.py; plain functions and constants here, each defined o
 """
 
 import io
-import select
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import List
 
@@ -50,20 +49,21 @@ def left_behind(output_dir: Path) -> List[str]:
 def wait_for_line(process: subprocess.Popen, needle: str, timeout: float = 240) -> List[str]:
     """Reads a process's stdout (text) until a line contains `needle`; returns the lines read.
 
-    Fails the test, with the output so far, when the process ends or `timeout` passes first; the
-    process is killed then, so that a test never hangs on it.
+    Fails the test, with the output so far, when the process ends or `timeout` passes first: a
+    timer kills the process then, so that a test never hangs on it. Plain blocking reads, not
+    select(): lines already in the pipe's read buffer are invisible to select.
     """
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 1)
-        if not ready:
-            continue
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
+    lines = []
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        for line in iter(process.stdout.readline, ""):
+            lines.append(line)
+            if needle in line:
+                return lines
+    finally:
+        timer.cancel()
     process.kill()
     stderr = process.stderr.read()[-3000:] if process.stderr else ""
-    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(lines)[-3000:]}\n{stderr}")
+    raise AssertionError(f"{needle!r} not seen (the process ended, or {timeout} s passed); "
+                         f"output:\n{''.join(lines)[-3000:]}\n{stderr}")

@@ -99,8 +99,8 @@ class LocalModel:
         if serving.BYTES_INPUT not in inputs:
             raise loader.ModelLoadError(f"{self.export_dir}: {SIGNATURE} takes {sorted(inputs)}, "
                                         f"not {serving.BYTES_INPUT!r}")
-        # The export's own classes (its metadata signature); VOC's for exports made before it.
-        self.classes = serving.read_metadata(self._model.saved_model) or ClassInfo.default()
+        # The export's own classes (the loader read them); VOC's for exports that do not say.
+        self.classes = self._model.classes or ClassInfo.default()
 
     def predict(self, data: bytes) -> Tuple[np.ndarray, int, int]:
         """One encoded image -> (padded labels (Hmax, Wmax) int32, height, width)."""

@@ -45,7 +45,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
       max_image_pixels: the net's budget per image: larger images (padding counted) are downscaled
         at serve time, and ones over 4x this many pixels refused (serving_budget.Budget).
       max_output_bytes: requests whose answer would be larger are refused (serving_budget.Budget).
-      precision: "float32", "bfloat16" or "auto" (config.resolve_export_precision): the dtype the
+      precision: "float32", "bfloat16" or "auto" (precision.resolve_export_precision): the dtype the
         served net computes in; the `metadata` signature says which. float32 by default here, so
         that training's and the importer's exports answer as their evaluation did; the export CLI
         defaults to auto.

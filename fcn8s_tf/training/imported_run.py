@@ -33,9 +33,9 @@ def file_sha1(path: str) -> str:
 
 
 # An import in progress: <parent>/.import_weights.tmp-p<pid>-<workdir name>-XXXXXXXX holds the
-# workdir being written (new/) and, during the swap, the one it replaces (old/). The pid lets a
-# later import remove what a killed one left (files.remove_stale_temp_dirs) and leave alone the
-# folder of one still running.
+# workdir being written (new/) and, after the swap, the one it replaced (in new/ after an exchange,
+# old/ after two renames: files.publish_dir). The pid lets a later import remove what a killed
+# one left (files.remove_stale_temp_dirs) and leave alone the folder of one still running.
 IMPORT_TMP_PREFIX = ".import_weights.tmp-"
 
 
@@ -44,7 +44,7 @@ def import_weights(weights_path: str, workdir: str, *, sha1: Optional[str] = Non
                    log=print) -> Tuple[ImportedFCN8s, str]:
     """Reads published FCN-8s weights and writes a workdir the rest of the project understands.
 
-    The workdir gets what fcn8s_tf.train writes and fcn8s_tf.training.workdir.load_model reads:
+    The workdir gets what fcn8s_tf.train writes and fcn8s_tf/model/run_dir.load_model reads:
     model_config.json (build_fcn8s arguments), checkpoints/ckpt-0 (tf.train.Checkpoint(model=)),
     and export/1 (the TF Serving SavedModel of serving/export.py), plus imported_from.json
     (the file, its SHA-1 and what was read). It is written into a temporary folder beside it and

@@ -176,7 +176,7 @@ def train(config: TrainConfig, devices: Optional[Sequence[str]] = None,
     """Trains (or resumes) a run in config.workdir; returns the last metrics and paths.
 
     Keras's mixed-precision policy is process-global: it is set to config.precision (resolved
-    first when "auto": config.resolve_precision) for the run and restored afterwards, so models
+    first when "auto": precision.resolve_precision) for the run and restored afterwards, so models
     built later in the same process are not affected.
 
     Args:

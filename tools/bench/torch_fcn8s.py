@@ -104,7 +104,7 @@ class FCN8s(nn.Module):
 
 
 def preprocess(rgb: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) RGB 0-255 -> (B, 3, H, W) float32 BGR minus BGR_MEAN, as model.preprocess."""
+    """(B, H, W, 3) RGB 0-255 -> (B, 3, H, W) float32 BGR minus BGR_MEAN, as pixels.preprocess."""
     bgr = rgb[..., ::-1].astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
     return torch.from_numpy(np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)))
 

@@ -115,7 +115,8 @@ class TrainConfig:
         "Peak learning rate of Adam.", lower_bound=0.0)
     lr_schedule: str = setting(
         "constant",
-        "Decay after warm-up: constant, poly (power 0.9, as DeepLab) or cosine.", choices=LR_SCHEDULES)
+        "Decay after warm-up: constant, poly (power 0.9, as DeepLab) or cosine.",
+        choices=LR_SCHEDULES)
     warmup_steps: int = setting(
         0,
         "Linear warm-up steps.", lower_bound=0)
@@ -138,7 +139,8 @@ class TrainConfig:
         "auto",
         "Keras mixed-precision policy. auto (default): mixed_bfloat16 on GPUs of compute "
         "capability >= 8.0 and CPUs with AMX/AVX512_BF16, mixed_float16 on 7.x GPUs, float32 "
-        "otherwise (logged at start). mixed_float16 adds dynamic loss scaling.", choices=precision_lib.PRECISIONS)
+        "otherwise (logged at start). mixed_float16 adds dynamic loss scaling.",
+        choices=precision_lib.PRECISIONS)
     xla: bool = setting(
         False,
         "jit-compile the per-replica model step (forward, loss, gradient). Off by default: not "

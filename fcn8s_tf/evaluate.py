@@ -54,9 +54,9 @@ def main(argv):
             logging.warning("--data=%s: no manifest.json with classes beside the records, so "
                             "the model's classes are not checked against theirs", FLAGS.data)
         classes = evaluator.scoring_classes(model_classes, data_classes,
-                                  allow_class_mismatch=FLAGS.allow_class_mismatch,
-                                  model_name=f"--model={FLAGS.model}",
-                                  data_name=f"the records of --data={FLAGS.data}")
+                                            allow_class_mismatch=FLAGS.allow_class_mismatch,
+                                            model_name=f"--model={FLAGS.model}",
+                                            data_name=f"the records of --data={FLAGS.data}")
         if (classes is not None and FLAGS.num_classes is not None
                 and FLAGS.num_classes != classes.num_classes):
             raise ValueError(f"--num_classes={FLAGS.num_classes} but the manifest of "
@@ -72,12 +72,12 @@ def main(argv):
     hooks = []
     if FLAGS.save_predictions:
         hooks.append(evaluator.save_predictions_hook(os.path.join(FLAGS.output_dir, "predictions"),
-                                           FLAGS.save_predictions, classes.palette))
+                                                     FLAGS.save_predictions, classes.palette))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     try:
         with input_pipeline.data_errors_named(FLAGS.data):
             result, cm = evaluator.evaluate(predict_fn, dataset, num_classes, hooks=hooks,
-                                  print_fn=lambda line: print(line, flush=True))
+                                            print_fn=lambda line: print(line, flush=True))
     except (ValueError, records.DataError) as e:  # wrong size, no image, a broken record
         cli.fail(PROG, e)
     except tf.errors.InvalidArgumentError as e:  # e.g. class ids >= --num_classes

@@ -84,7 +84,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> config_lib
 
 
 def flags_text(flag_values: flags.FlagValues = flags.FLAGS) -> str:
-    """The training flags in --flagfile syntax (absl's own logging flags left out), to replay a run."""
+    """The training flags in --flagfile syntax (absl's own logging flags left out), to replay a
+    run."""
     return "".join(flag_values[f.name].serialize() + "\n"
                    for f in dataclasses.fields(config_lib.TrainConfig)
                    if flag_values[f.name].value is not None)

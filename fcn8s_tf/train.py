@@ -1,8 +1,8 @@
 """python -m fcn8s_tf.train --flagfile=configs/voc_fcn8s.flags: train FCN-8s in a workdir.
 
 One code path for one CPU, one GPU, MirroredStrategy over the local GPUs and
-MultiWorkerMirroredStrategy from TF_CONFIG. Flags (one per TrainConfig field) are fcn8s_tf/flags.py's;
-the run is fcn8s_tf/training/loop.py's. This module holds main only.
+MultiWorkerMirroredStrategy from TF_CONFIG. Flags (one per TrainConfig field) are
+fcn8s_tf/flags.py's; the run is fcn8s_tf/training/loop.py's. This module holds main only.
 """
 
 from absl import logging

@@ -84,7 +84,7 @@ def write_shards(directory: PathLike, split: str, examples: Sequence[Example],
     directory.mkdir(parents=True, exist_ok=True)
     for index, (start, stop) in enumerate(convert_layout.shard_bounds(len(examples), num_shards)):
         with tf.io.TFRecordWriter(str(directory / convert_layout.shard_name(split, index,
-                                                                     num_shards))) as writer:
+                                                                            num_shards))) as writer:
             for item in examples[start:stop]:
                 writer.write(records.encode_example(item.image, item.label_png, item.height,
                                                     item.width, item.filename,

@@ -229,7 +229,7 @@ def test_sigkill_during_the_commit_leaves_a_whole_set(tmp_path, roots, old_and_n
 
 @pytest.mark.parametrize("step", [1, 3])
 def test_sigkill_at_any_change_to_output_dir_leaves_the_old_set_whole(tmp_path, roots, old_and_new,
-                                                                     step):
+                                                                      step):
     # The same property, by a trigger that knows nothing of the implementation: the k-th change
     # to output_dir (the version before the swap deleted the old manifest first, then shards).
     output_dir, old, _ = old_and_new
@@ -417,7 +417,7 @@ def test_sigkill_of_the_converter_kills_its_workers(tmp_path, roots, blocking_im
 
 @pytest.mark.parametrize("how", ["SIGTERM to the converter", "Ctrl-C to its process group"])
 def test_signal_stops_workers_and_removes_temporary_files(tmp_path, roots, old_and_new,
-                                                         blocking_image, how):
+                                                          blocking_image, how):
     # (old_and_new before blocking_image: its conversion needs the image still readable)
     output_dir, old, _ = old_and_new
     ctrl_c = how.startswith("Ctrl-C")

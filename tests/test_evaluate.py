@@ -417,7 +417,7 @@ def test_cli_scores_with_the_records_classes(three_class_records, tmp_path, mode
 
 
 def test_cli_records_without_a_manifest_are_scored_with_a_warning(three_class_records,
-                                                                   tmp_path):
+                                                                  tmp_path):
     copy = tmp_path / "records"
     copy.mkdir()
     for path in Path(three_class_records).parent.glob("val-*.tfrecord"):

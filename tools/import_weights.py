@@ -6,10 +6,10 @@
 The workdir then holds model_config.json, checkpoints/ and export/1 as a training run would:
 `python -m fcn8s_tf.evaluate --model=runs/fcn8s_caffe/export ...` and `fcn8s_tf.predict` use it as
 it is, and `python -m fcn8s_tf.train --init_from=runs/fcn8s_caffe ...` fine-tunes from it. The
-reading and mapping live in fcn8s_tf/model/weights/, the writing in fcn8s_tf/training/imported_run.py;
-this file only reads flags and decides how the process meets signals: SIGTERM (what `kill`, job
-schedulers and container runtimes send) stops the import as Ctrl-C does, with its temporary folder
-removed.
+reading and mapping live in fcn8s_tf/model/weights/, the writing in
+fcn8s_tf/training/imported_run.py; this file only reads flags and decides how the process meets
+signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the import as
+Ctrl-C does, with its temporary folder removed.
 """
 
 
@@ -35,8 +35,8 @@ def define_flags() -> None:
                       "and checkpoints/) at --workdir, only once the new one is complete. Any "
                       "other non-empty folder is refused.")
     flags.DEFINE_list("skip_scales", None, "pool4,pool3 skip scales, only for an .npz without "
-                      "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for the "
-                      "staged one. A .caffemodel carries its own.")
+                      "scale_pool4/scale_pool3 entries: 0.01,0.0001 for the at-once net, 1,1 for "
+                      "the staged one. A .caffemodel carries its own.")
 
 
 def main(argv):

@@ -1,4 +1,5 @@
-"""Writes a synthetic demo dataset (fcn8s_tf/data/demo_data.py): the VOC 2012 + SBD layout, or folders.
+"""Writes a synthetic demo dataset (fcn8s_tf/data/demo_data.py): the VOC 2012 + SBD layout, or
+folders.
 
     python tools/make_demo_dataset.py --output_dir=data/demo/raw --seed=0
 
@@ -21,6 +22,8 @@ from fcn8s_tf import cli
 from fcn8s_tf.data import demo_data
 
 FLAGS = flags.FLAGS
+
+
 def define_flags() -> None:
     """The command-line flags; defined only when run as a program, as in every CLI."""
     flags.DEFINE_enum("format", "voc", ["voc", "folders"], "voc: VOCdevkit/ and benchmark_RELEASE/ "

@@ -10,9 +10,9 @@ Your own data: a folder of images, a folder of <id>.png masks, and a classes fil
     python tools/make_tfrecords.py --format=folders --images=DIR --masks=DIR \
         --classes=classes.txt --splits=train:0.9,val:0.1 --output_dir=data/mine
 
-The conversion itself lives in fcn8s_tf/data/convert/; this file only reads flags and decides how the
-process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops the
-conversion like Ctrl-C does, with the workers stopped and the temporary files removed.
+The conversion itself lives in fcn8s_tf/data/convert/; this file only reads flags and decides how
+the process meets signals: SIGTERM (what `kill`, job schedulers and container runtimes send) stops
+the conversion like Ctrl-C does, with the workers stopped and the temporary files removed.
 """
 
 import signal
@@ -47,7 +47,8 @@ def define_flags() -> None:
     flags.DEFINE_string("sbd_root", None, "SBD's benchmark_RELEASE/dataset folder (img/, cls/, "
                         "train.txt, val.txt). Without it, train is VOC2012 seg train alone.")
     flags.DEFINE_string("list", None, "Convert only the ids this file lists (one a line, e.g. "
-                        "seg11valid.txt), into the split --list_split; the split lists are not read.")
+                        "seg11valid.txt), into the split --list_split; the split lists are not "
+                        "read.")
     flags.DEFINE_string("list_split", "val", "The split --list's ids go to.")
     # --format=folders
     flags.DEFINE_string("images", None, "The folder of images, <id>.jpg/.png/... (JPEGs stored as "
@@ -62,8 +63,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seeds --splits: the same files and seed give the same split.")
     flags.DEFINE_integer("ignore_value", 255, "Void in single-channel masks (not a class id); the "
                          "records hold void as 255.", lower_bound=0, upper_bound=255)
-    flags.DEFINE_string("ignore_color", None, "R,G,B: void in colour masks. Without it every colour "
-                        "must be a class's.")
+    flags.DEFINE_string("ignore_color", None, "R,G,B: void in colour masks. Without it every "
+                        "colour must be a class's.")
     # Both formats.
     flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.", required=True)
     flags.DEFINE_integer("train_shards", convert.DEFAULT_NUM_SHARDS["train"], "Train shards.",
@@ -106,7 +107,8 @@ def _convert() -> dict:
                                              ("val", FLAGS.val_list)) if path}
     return convert.convert_folders(
         FLAGS.images, FLAGS.masks, FLAGS.classes, FLAGS.output_dir,
-        splits=convert_folders.parse_splits(FLAGS.splits) if FLAGS.splits else None, lists=lists or None,
+        splits=convert_folders.parse_splits(FLAGS.splits) if FLAGS.splits else None,
+        lists=lists or None,
         seed=FLAGS.seed, ignore_value=FLAGS.ignore_value,
         ignore_color=(convert_folders.parse_colour(FLAGS.ignore_color, "--ignore_color")
                       if FLAGS.ignore_color else None), **common)

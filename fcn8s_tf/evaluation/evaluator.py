@@ -188,7 +188,7 @@ def save_predictions_hook(directory: str, count: int, palette=class_info.VOC_PAL
         if index < count:
             stem = os.path.splitext(os.path.basename(name))[0] or f"{index:06d}"
             render.write_mask_png(np.asarray(outputs["labels"]),
-                                       os.path.join(directory, f"{stem}.png"), palette)
+                                  os.path.join(directory, f"{stem}.png"), palette)
 
     return hook
 

@@ -271,8 +271,8 @@ def read_metadata(loaded) -> Optional[class_info.ClassInfo]:
         return None
     out = loaded.signatures[SIGNATURE_METADATA](**{METADATA_INPUT: tf.constant(0)})
     return class_info.ClassInfo(tuple(n.decode() for n in out["class_names"].numpy()),
-                         tuple(tuple(int(c) for c in rgb) for rgb in out["palette"].numpy()),
-                         int(out["ignore_label"].numpy()))
+                                tuple(tuple(int(c) for c in rgb) for rgb in out["palette"].numpy()),
+                                int(out["ignore_label"].numpy()))
 
 
 def serving_root(signatures: Dict[str, object],

@@ -62,7 +62,7 @@ def export_saved_model(model: keras.Model, export_base: str, version: Optional[i
         raise FileExistsError(f"Export version directory already exists: {final}")
     tf.io.gfile.makedirs(export_base)
     files.remove_stale_temp_dirs(export_base, lambda name: name.startswith(TMP_PREFIX),
-                                       log=logging.info)
+                                 log=logging.info)
     tmp = os.path.join(export_base, f"{TMP_PREFIX}{version}-p{os.getpid()}-{int(time.time())}")
     dtype, why = precision_lib.resolve_export_precision(precision)
     logging.info("Export precision %s (precision=%s: %s)", dtype, precision, why)

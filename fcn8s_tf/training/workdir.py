@@ -15,6 +15,7 @@ from fcn8s_tf import files
 from fcn8s_tf.model import run_dir
 from fcn8s_tf.model.run_dir import CHECKPOINT_DIR, CONFIG_FILE, path
 
+
 def init_checkpoint(source: str, model_kwargs: Dict[str, Any]) -> str:
     """The checkpoint `--init_from=source` names, after checking its net matches this run's.
 

@@ -39,6 +39,7 @@ from fcn8s_tf.data.convert.layout import (MANIFEST_NAME, REPLACING_NAME, SHARD_S
 from fcn8s_tf.data.convert.recover import (TMP_PREFIX, empty_leftover, is_own_tmp, owned,
                                            roll_forward, same_file, sibling_prefix)
 
+
 def _exchange_unavailable(output_dir: Path) -> Optional[str]:
     """Why output_dir cannot be swapped with a sibling folder, or None when it can."""
     parent = output_dir.parent

@@ -128,7 +128,7 @@ def _journal_is_sane(journal) -> bool:
     """Every name in it is a plain file name, and its folder one of the converter's."""
     def plain(name):
         return (isinstance(name, str) and name not in ("", ".", "..", MANIFEST_NAME,
-                                                         REPLACING_NAME)
+                                                       REPLACING_NAME)
                 and os.path.basename(name) == name)
     return (isinstance(journal, dict) and isinstance(journal.get("tmp_dir"), str)
             and is_own_tmp(journal["tmp_dir"])

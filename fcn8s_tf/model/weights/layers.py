@@ -59,6 +59,7 @@ class WeightsFile:
     layers: List[Layer]
     net_name: str = ""
 
+
 def check_readable(path: str) -> None:
     """Raises, in one line naming `path`, unless it is a file this process can read.
 
